@@ -1,0 +1,45 @@
+# Every target sets up .venv itself: `make demo` and `make test` are the first and only commands
+# a fresh machine needs. TORCH_SPEC picks the torch build (CPU wheel 2.13.0 by default here;
+# e.g. `make test TORCH_SPEC="torch==2.5.1 --index-url ..."` elsewhere).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.abovqa-installed
+WORK ?= runs/demo
+export NLTK_DATA := $(abspath $(VENV))/nltk_data
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast docs export clean bench
+
+setup: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (abovqa)" >/dev/null
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/abovqa demo --work $(WORK)
+
+# Library notebooks run their own asserts (nbdev_test); tests/ holds the integration suite.
+test: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/python -m pytest -q tests
+
+docs: $(STAMP)
+	$(BIN)/abovqa docs _site
+
+export: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf runs _site _docs .pytest_cache

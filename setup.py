@@ -1,0 +1,51 @@
+"""Package metadata comes from settings.ini (nbdev's single source of truth).
+
+No pkg_resources: it is gone from current setuptools, so requirements are split by hand.
+"""
+from configparser import ConfigParser
+from pathlib import Path
+
+import setuptools
+
+config = ConfigParser(delimiters=["="])
+config.read(Path(__file__).with_name("settings.ini"), encoding="utf-8")
+cfg = config["DEFAULT"]
+
+licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable", "Mature", "Inactive"]
+lic = licenses[cfg["license"]]
+
+
+def requirements(key):
+    return cfg.get(key, "").split()
+
+
+setuptools.setup(
+    name=cfg["lib_name"],
+    version=cfg["version"],
+    description=cfg["description"],
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license=lic[0],
+    author=cfg["author"],
+    author_email=cfg["author_email"],
+    url=cfg["git_url"],
+    keywords=cfg["keywords"].split(),
+    classifiers=[
+        f"Development Status :: {cfg['status']} - {statuses[int(cfg['status'])]}",
+        f"Intended Audience :: {cfg['audience']}",
+        f"License :: {lic[1]}",
+        f"Natural Language :: {cfg['language']}",
+        "Programming Language :: Python :: 3",
+    ],
+    python_requires=f">={cfg['min_python']}",
+    packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
+    include_package_data=True,
+    install_requires=requirements("requirements"),
+    extras_require={"dev": requirements("dev_requirements"), "gpu": requirements("gpu_requirements")},
+    entry_points={
+        "console_scripts": cfg["console_scripts"].split(),
+        "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+    },
+    zip_safe=False,
+)
