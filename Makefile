@@ -34,9 +34,11 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/abovqa docs _site
 
+# After editing notebooks: regenerate the package and README (Quarto-free), clean the notebooks.
 export: $(STAMP)
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
+	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README --log-level WARN
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,63 @@
+"""The project's own invariants: notebooks are the source, the runtime package stays light."""
+import ast
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import BIN, REPO
+
+RUNTIME_FORBIDDEN = {"nbdev", "fastcore", "execnb"}
+
+
+def test_nbdev_export_leaves_the_package_unchanged(tmp_path):
+    "abovqa/ is exactly what nbdev_export makes from nbs/: nobody edited the generated files by hand."
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "_site", "_docs", "__pycache__", "*.egg-info"))
+    subprocess.run([str(BIN / "nbdev_export")], cwd=copy, check=True, capture_output=True)
+    for generated in sorted((REPO / "abovqa").glob("*.py")):
+        assert (copy / "abovqa" / generated.name).read_text() == generated.read_text(), f"{generated.name} differs from its notebook"
+    assert sorted(p.name for p in (copy / "abovqa").glob("*.py")) == sorted(p.name for p in (REPO / "abovqa").glob("*.py"))
+
+
+def test_runtime_package_does_not_import_dev_tools():
+    for module in sorted((REPO / "abovqa").glob("*.py")):
+        tree = ast.parse(module.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in RUNTIME_FORBIDDEN, f"{module.name} imports {name}"
+
+
+def test_light_modules_do_not_import_torch():
+    "The command line and the curation stage answer without paying for torch."
+    code = "import sys, abovqa.core, abovqa.cli, abovqa.abo, abovqa.curate, abovqa.sample; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_pipeline_notebooks_have_a_parameters_cell():
+    notebooks = sorted((REPO / "nbs" / "pipeline").glob("*.ipynb"))
+    assert notebooks, "no pipeline notebooks"
+    for nb in notebooks:
+        cells = json.loads(nb.read_text())["cells"]
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{nb.name}: expected exactly one cell tagged 'parameters'"
+        assert not any("key" in line.split("=")[0].lower() for line in "".join(tagged[0]["source"]).splitlines() if "=" in line), \
+            f"{nb.name}: secrets never come in as parameters"
+
+
+def test_notebooks_are_clean():
+    "Committed notebooks went through nbdev_clean (no execution counts, no cell metadata but tags), so diffs stay readable."
+    for nb in sorted((REPO / "nbs").rglob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            assert set(cell.get("metadata", {})) <= {"tags"}, f"{nb.relative_to(REPO)}: uncleaned cell metadata"
+            if cell["cell_type"] == "code":
+                assert cell.get("execution_count") is None, f"{nb.relative_to(REPO)}: execution counts left in"
+
+
+def test_readme_is_generated_from_the_index_notebook(tmp_path):
+    subprocess.run([str(BIN / "jupyter"), "nbconvert", "--to", "markdown", str(REPO / "nbs" / "index.ipynb"), "--output-dir", str(tmp_path),
+                    "--output", "README", "--log-level", "WARN"], check=True)
+    assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text(), "README.md is stale: run `make export`"
+    assert "make demo" in (REPO / "README.md").read_text().split("##")[1], "the README opens with the two commands"
