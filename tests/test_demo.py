@@ -41,7 +41,7 @@ def test_demo_outputs_agree_with_each_other(demo):
         preds = pd.read_parquet(path)
         assert set(preds.qa_id) <= set(qa.qa_id) and preds.qa_id.is_unique
     stats = json.loads((work / "curated" / "stats.json").read_text())
-    assert stats["n_kept"] == len(listings) if "n_kept" in stats else True
+    assert stats["kept"] == len(listings) == list(stats["steps"].values())[-1]
 
 
 def test_demo_prints_the_summary_and_the_report_path(demo):
