@@ -5,13 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.abovqa-installed
 WORK ?= runs/demo
 export NLTK_DATA := $(abspath $(VENV))/nltk_data
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast docs export clean bench
+.PHONY: setup demo test docs export clean bench chromium
 
 setup: $(STAMP)
 
@@ -23,16 +24,20 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (abovqa)" >/dev/null
 	touch $@
 
+# The docs test drives Debian's headless Chromium (no browser download: the package registry only).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 demo: $(STAMP)
 	$(BIN)/abovqa demo --work $(WORK)
 
 # Library notebooks run their own asserts (nbdev_test); tests/ holds the integration suite.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/python -m pytest -q tests
 
 docs: $(STAMP)
-	$(BIN)/abovqa docs _site
+	$(BIN)/abovqa docs _site $(if $(wildcard $(WORK)/notebooks),--work $(WORK))
 
 # After editing notebooks: regenerate the package and README (Quarto-free), clean the notebooks.
 export: $(STAMP)
