@@ -22,6 +22,9 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (abovqa)" >/dev/null
+	# WordNet for METEOR/WUPS, offline: Debian's files copied into the venv's NLTK data dir
+	test -d /usr/share/wordnet || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null; }
+	$(BIN)/python -c "from abovqa.metrics import ensure_wordnet; ensure_wordnet()"
 	touch $@
 
 # The docs test drives Debian's headless Chromium (no browser download: the package registry only).

@@ -211,3 +211,135 @@ def test_bertscore_with_the_packaged_minilm(study):
     summary = evaluate(study, semantic=False, bertscore_model="minilm", n_boot=50, verbose=False).set_index("run")
     assert summary.loc["good", "bertscore_f1"] > summary.loc["weak", "bertscore_f1"] > 0
     assert "bertscore_f1_lo" in summary.columns
+
+
+# --- WordNet metrics, BARTScore, statistics, answer forms (issue 5) ---------------------------------
+
+needs_wordnet = pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/wordnet/data.noun").exists() and not __import__("os").environ.get("NLTK_DATA"),
+                                   reason="no WordNet source: apt-get install -y wordnet-base wordnet-sense-index")
+
+
+@needs_wordnet
+def test_meteor_against_nltk_and_wups_hand_cases():
+    from nltk.corpus import wordnet as wn
+    from nltk.translate.meteor_score import meteor_score
+    from abovqa.metrics import ensure_wordnet, meteor, wup_words, wups
+    ensure_wordnet()
+    for pred, ref in [("red", "red"), ("Light blue couch.", "blue sofa"), ("the cat sat", "a cat sat down"), ("x", "y"), ("two chairs", "2 chair")]:
+        assert meteor(pred, ref) == pytest.approx(meteor_score([vqa_normalize(ref).split()], vqa_normalize(pred).split()))
+    assert meteor("red", "red") == 0.5  # METEOR's fragmentation penalty on a single matched word
+    assert wups("dog", "dog") == 1.0 and wups("dog", "dog", 0.9) == 1.0
+    red_blue = max(a.wup_similarity(b) for a in wn.synsets("red", pos=wn.NOUN) for b in wn.synsets("blue", pos=wn.NOUN))
+    assert wups("red", "blue") == pytest.approx(red_blue) and red_blue < 0.9
+    assert wups("red", "blue", 0.9) == pytest.approx(0.1 * red_blue)  # below the threshold: down-weighted by 0.1
+    assert wups("dog", "cat") == pytest.approx(wn.synset("dog.n.01").wup_similarity(wn.synset("cat.n.01")), abs=0.1)
+    # multi-word answers are fuzzy sets: min of the two directions' products
+    left = wup_words("dark", "red") * wup_words("red", "red")
+    right = max(wup_words("red", "dark"), wup_words("red", "red"))
+    assert wups("dark red", "red") == pytest.approx(min(left, right))
+    assert wups("", "") == 1.0 and wups("", "red") == 0.0 and wups("qwzx", "red") == 0.0
+
+
+@needs_wordnet
+def test_ensure_wordnet_is_idempotent(tmp_path):
+    from abovqa.metrics import ensure_wordnet
+    if not __import__("pathlib").Path("/usr/share/wordnet/data.noun").exists():
+        pytest.skip("needs the Debian WordNet files")
+    assert ensure_wordnet(tmp_path) == tmp_path.resolve()
+    lexnames = tmp_path / "corpora" / "wordnet" / "lexnames"
+    lines = lexnames.read_text().splitlines()
+    assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1" and lines[44] == "44\tadj.ppl\t3"
+    before = {p.name: p.stat().st_mtime_ns for p in lexnames.parent.iterdir()}
+    ensure_wordnet(tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in lexnames.parent.iterdir()} == before
+
+
+def test_without_wordnet_the_columns_are_skipped_with_a_reason(study, tmp_path):
+    "A fresh interpreter where neither NLTK's data path, the Debian files nor a download can provide WordNet."
+    script = f"""
+import nltk, abovqa.metrics as m
+nltk.data.path[:] = [{str(tmp_path / 'empty')!r}]
+m.DEBIAN_WORDNET = m.Path({str(tmp_path / 'no-debian')!r})
+nltk.download = lambda *a, **k: False
+summary = m.evaluate({str(study)!r}, semantic=False, n_boot=50, verbose=True)
+assert "meteor" not in summary.columns and "wups_09" not in summary.columns and "exact_match" in summary.columns
+"""
+    env = {**__import__("os").environ, "NLTK_DATA": str(tmp_path / "empty")}
+    out = subprocess.run([str(BIN / "python"), "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped meteor: WordNet not found" in out.stdout
+    skipped = __import__("json").loads((study / "metrics" / "skipped.json").read_text())
+    assert set(skipped) == {"meteor", "wups_00", "wups_09"} and "apt-get install" in skipped["wups_09"]
+
+
+def test_bart_score_matches_the_model_loss_and_scores_each_pair_once():
+    import torch
+    from transformers import AutoTokenizer, BartForConditionalGeneration
+    from abovqa.metrics import bart_loglik, bart_score, tiny_bart_path
+    path = tiny_bart_path()
+    assert tiny_bart_path() == path and (path / "model.safetensors").exists()
+    tok, net = AutoTokenizer.from_pretrained(path), BartForConditionalGeneration.from_pretrained(path).eval()
+    srcs, tgts = ["red", "a blue sofa", "", "red"], ["red sofa", "blue", "red", "red sofa"]
+    got = bart_loglik(srcs, tgts, model=str(path), batch_size=3)
+    for s, t, g in zip(srcs, tgts, got):
+        with torch.inference_mode():
+            loss = net(**tok(s, return_tensors="pt"), labels=tok(t, return_tensors="pt")["input_ids"]).loss.item()
+        assert g == pytest.approx(-loss, rel=1e-4, abs=1e-5)
+    assert got[0] == got[3]
+    f = bart_score(["red", "blue"], ["red sofa", "blue"])
+    assert f[0] == pytest.approx((bart_loglik(["red"], ["red sofa"])[0] + bart_loglik(["red sofa"], ["red"])[0]) / 2)
+
+
+def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
+    rng = np.random.default_rng(7)
+    hits_binary, hits_continuous = 0, 0
+    for i in range(200):
+        lo, hi = bootstrap_ci(rng.random(120) < 0.3, seed=i)
+        hits_binary += lo <= 0.3 <= hi
+        lo, hi = bootstrap_ci(rng.beta(2, 5, 120), seed=i)   # mean 2/7, continuous: the index-resampling path
+        hits_continuous += lo <= 2 / 7 <= hi
+    assert 0.90 <= hits_binary / 200 <= 0.99 and 0.90 <= hits_continuous / 200 <= 0.99
+
+
+def test_mcnemar_and_paired_bootstrap_against_hand_and_scipy():
+    from scipy.stats import binomtest
+    from abovqa.metrics import mcnemar, paired_bootstrap
+    a = np.array([True] * 10 + [True] + [False] * 6 + [False] * 3)
+    b = np.array([True] * 10 + [False] + [True] * 6 + [False] * 3)
+    test = mcnemar(a, b)
+    assert (test["a_only"], test["b_only"], test["method"]) == (1, 6, "exact")
+    assert test["p_mcnemar"] == pytest.approx(2 * (1 + 7) / 2 ** 7) == pytest.approx(binomtest(1, 7, 0.5).pvalue)
+    big = mcnemar([True] * 30 + [False] * 50, [False] * 30 + [True] * 50)
+    assert big["method"] == "chi2" and big["statistic"] == pytest.approx(19 ** 2 / 80)
+    pb = paired_bootstrap(a.astype(float), b.astype(float), seed=1)
+    assert pb["delta"] == pytest.approx(0.25) and pb["delta_lo"] < 0.25 < pb["delta_hi"]
+    same = paired_bootstrap([1, 0, 1], [1, 0, 1])
+    assert same["delta"] == 0 and same["p_bootstrap"] == 1.0
+
+
+def test_compare_runs_product_types_fractions_and_answer_forms(study):
+    import json
+    from abovqa.metrics import answer_form, compare_runs, is_hedged
+    qa = pd.read_parquet(study / "qa" / "qa.parquet").assign(item_id=lambda d: "item" + (d.index % 4).astype(str))
+    atomic_write_parquet(qa, study / "qa" / "qa.parquet")
+    atomic_write_parquet(pd.DataFrame({"item_id": ["item0", "item1", "item2", "item3", "item0"], "product_type": ["CHAIR", "SOFA", "SOFA", "LAMP", "RUG"]}),
+                         study / "curated" / "listings.parquet")
+    (study / "predictions" / "weak.run.json").write_text(json.dumps({"frac": 0.25}))
+    summary = evaluate(study, semantic=False, wordnet=False, n_boot=200, verbose=False).set_index("run")
+    assert summary.loc["weak", "frac"] == 0.25 and summary.loc["good", "frac"] == 1.0
+    by_product = pd.read_csv(study / "metrics" / "by_product_type.csv").query("run == 'good'").set_index("product_type")["n"]
+    assert by_product.to_dict() == {"CHAIR": 50, "LAMP": 50, "SOFA": 100}   # the item's first listing decides
+    by_frac = pd.read_csv(study / "metrics" / "by_frac.csv")
+    assert set(zip(by_frac["model"], by_frac["frac"])) == {("m-good", 1.0), ("m-weak", 0.25), ("m", 1.0)}
+    result = compare_runs(study, "weak", "good", n_boot=300)
+    em = result["metrics"]["exact_match"]
+    good, weak = (pd.read_parquet(study / "metrics" / f"{r}.parquet").set_index("qa_id")["exact_match"] for r in ("good", "weak"))
+    assert result["n"] == 200 and em["delta"] == pytest.approx((good - weak).mean()) and em["delta_lo"] > 0 and em["p_bootstrap"] < 0.01
+    assert result["mcnemar"]["b_only"] == int(((good == 1) & (weak == 0)).sum()) and result["mcnemar"]["p_mcnemar"] < 1e-6
+    assert (study / "metrics" / "compare" / "weak__vs__good.json").exists()
+    forms = pd.read_csv(study / "metrics" / "answer_forms.csv").set_index("run")
+    weak_rows = pd.read_parquet(study / "metrics" / "weak.parquet")
+    assert forms.loc["weak", "empty"] == pytest.approx((~weak_rows["ok"]).mean())
+    assert forms.loc["good", "single_word"] == pytest.approx(1.0)
+    assert [answer_form(t) for t in ["", "Red.", "dark red", "Yes, it appears to be red."]] == ["empty", "single_word", "phrase", "sentence"]
+    assert is_hedged("probably green") and is_hedged("It seems red") and not is_hedged("green")

@@ -168,8 +168,8 @@ def test_clear_errors(tmp_path, work):
         generate(tmp_path / "empty")
     with pytest.raises(ValueError, match="no model and no prompt"):
         generate(work, prompt="Ask about the colour")
-    with pytest.raises(NotImplementedError, match="gemini"):
-        get_backend("gemini")
+    with pytest.raises(ValueError, match="cannot write them"):
+        get_backend("hf", model="blip-vqa-base", size="tiny")
     with pytest.raises(ValueError, match="unknown question backend"):
         get_backend("nope")
 
@@ -198,3 +198,15 @@ def test_pipeline_notebook_runs_standalone(tmp_path):
     qa = pd.read_parquet(tmp_path / "work" / "qa" / "qa.parquet")
     assert qa["image_id"].nunique() == 30
     assert "questions on 30 images" in out.read_text()
+
+
+def test_hf_backend_runs_a_local_vlm_from_the_same_prompts(work):
+    "A tiny random LLaVA through abovqa.models: prompt in, raw text recorded; unparseable babble is a failure, retried."
+    from abovqa.qagen import PROMPTS, HFBackend
+    backend = HFBackend(model="llava-1.5-7b", size="tiny", prompt="seed001-p3", max_new_tokens=12)
+    assert backend.adapter.prompt({"question": "Q?", "options": None}) == "Q?"      # the prompt goes in unwrapped
+    assert generate(work, backend=backend, max_images=3, verbose=False).empty
+    records = QALog(work / "qa" / "qa.log.jsonl").records()
+    assert len(records) == 3 and all(not r["ok"] and r["raw"] and "no question/answer pairs" in r["error"] for r in records)
+    assert {(r["backend"], r["model"], r["prompt_version"]) for r in records} == {("hf", "llava-1.5-7b-tiny", "seed001-p3")}
+    assert backend.adapter.calls == 3
