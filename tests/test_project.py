@@ -64,3 +64,16 @@ def test_readme_is_generated_from_the_index_notebook(tmp_path):
                     "--output", "README", "--log-level", "WARN"], check=True)
     assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text(), "README.md is stale: run `make export`"
     assert "make demo" in (REPO / "README.md").read_text().split("##")[1], "the README opens with the two commands"
+
+
+def test_the_readme_batch_plan_is_valid():
+    "The plan a user copies from the README parses and expands as it says (a matrix of 2 models x 2 fractions)."
+    import yaml
+
+    from abovqa.runs import parse_plan
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("# plan.yaml"):]
+    block = block[: block.index("```")]
+    runs = parse_plan(yaml.safe_load(block))
+    assert [r.name for r in runs] == ["curate", "questions", "blip-vqa-base-0.25", "blip-vqa-base-0.5", "vilt-b32-vqa-0.25", "vilt-b32-vqa-0.5"]
+    assert all(r.notebook.is_file() for r in runs) and runs[2].depends_on == ["questions"]
