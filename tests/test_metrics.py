@@ -210,7 +210,7 @@ def test_bertscore_with_the_packaged_minilm(study):
     assert f1[0] == pytest.approx(1.0, abs=1e-4) and f1[1] > f1[2] and f1[3] == 0.0
     summary = evaluate(study, semantic=False, bertscore_model="minilm", n_boot=50, verbose=False).set_index("run")
     assert summary.loc["good", "bertscore_f1"] > summary.loc["weak", "bertscore_f1"] > 0
-    assert "bertscore_f1_lo" in summary.columns
+    assert "bertscore_f1_lo" in summary.columns and {"bertscore_p", "bertscore_r"} <= set(summary.columns)
 
 
 # --- WordNet metrics, BARTScore, statistics, answer forms (issue 5) ---------------------------------
