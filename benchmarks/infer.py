@@ -1,4 +1,4 @@
-"""Inference throughput of every tiny adapter: batched vs one row at a time, and CLIP's text-embedding cache.
+"""Inference throughput of every registered tiny adapter (all of REGISTRY): batched vs one row at a time, and CLIP's text-embedding cache.
 
 Prints samples/s for each model at batch 32 and at batch 1 (a per-row loop) in the same process and on the
 same questions, and their ratio; then CLIP's `all` regime with its text embeddings cached vs re-encoded for
@@ -43,13 +43,14 @@ def main():
     rows = qa.sample(n=min(args.n, len(qa)), random_state=0)
     items = [{"image": load_image(root / p), "question": q, "options": o} for p, q, o in zip(rows.image_path, rows.question, rows.options)]
     print(f"{len(items)} questions from the embedded sample; batch {args.batch_size} vs a per-row loop (batch 1)\n")
-    print(f"{'model':<16} {'batched/s':>10} {'per-row/s':>10} {'ratio':>7}")
+    width = max(map(len, REGISTRY))  # every registered adapter, the newer long names included
+    print(f"{'model':<{width}} {'batched/s':>10} {'per-row/s':>10} {'ratio':>7}")
     for name in REGISTRY:
         adapter = get_adapter(name, "tiny")
         if name.startswith("clip"):
             adapter.prepare(qa)
         batched, per_row = rate(adapter, items, args.batch_size), rate(adapter, items, 1)
-        print(f"{name:<16} {batched:>10.1f} {per_row:>10.1f} {batched / per_row:>6.1f}x")
+        print(f"{name:<{width}} {batched:>10.1f} {per_row:>10.1f} {batched / per_row:>6.1f}x")
 
     if "clip-vit-b32" in REGISTRY:
         print("\nCLIP 'all' regime: candidate text embeddings cached per question vs re-encoded for every question")
