@@ -1,5 +1,6 @@
 """Shared fixtures: the repository root, its venv binaries, and an isolated cache per session."""
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,3 +23,23 @@ def offline_env(tmp_path_factory):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
     yield
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory) -> Path:
+    "A curated sample with template questions, shared read-only by the tests (each copies what it changes)."
+    from abovqa.curate import curate
+    from abovqa.qagen import generate
+    from abovqa.sample import sample_root
+    work = tmp_path_factory.mktemp("study")
+    curate(sample_root(), work)
+    generate(work)
+    return work
+
+
+def fresh_work(study: Path, tmp_path: Path, name: str = "w") -> Path:
+    "A private work dir holding a copy of the study's curated/ and qa/ stages."
+    work = tmp_path / name
+    for stage in ("curated", "qa"):
+        shutil.copytree(study / stage, work / stage)
+    return work

@@ -12,26 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import fresh_work
+
 from abovqa.core import TimeBudget
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    "A curated sample with template questions, shared read-only by the tests (each copies it)."
-    from abovqa.curate import curate
-    from abovqa.qagen import generate
-    from abovqa.sample import sample_root
-    work = tmp_path_factory.mktemp("study")
-    curate(sample_root(), work)
-    generate(work)
-    return work
-
-
-def fresh_work(study: Path, tmp_path: Path, name: str = "w") -> Path:
-    work = tmp_path / name
-    for stage in ("curated", "qa"):
-        shutil.copytree(study / stage, work / stage)
-    return work
 
 
 def test_tiny_lora_learns(study, tmp_path):

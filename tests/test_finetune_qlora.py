@@ -6,7 +6,6 @@ vision merger); the other layers are left unquantized by `qlora_skip_modules`, a
 requires on a CPU.
 """
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,23 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    from abovqa.curate import curate
-    from abovqa.qagen import generate
-    from abovqa.sample import sample_root
-    work = tmp_path_factory.mktemp("study")
-    curate(sample_root(), work)
-    generate(work)
-    return work
-
-
-def fresh_work(study: Path, tmp_path: Path, name: str = "w") -> Path:
-    work = tmp_path / name
-    for stage in ("curated", "qa"):
-        shutil.copytree(study / stage, work / stage)
-    return work
+from conftest import fresh_work
 
 
 def losses(result) -> list[float]:
