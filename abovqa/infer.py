@@ -5,10 +5,12 @@
 # %% ../nbs/06_infer.ipynb #b1ad2cb7
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +21,28 @@ from .core import atomic_write_json, atomic_write_parquet, content_hash, input_r
 from .models import Adapter, get_adapter
 
 # %% auto #0
-__all__ = ['MAX_SIDE', 'MAX_PIXELS', 'PREDICTION_COLUMNS', 'ImageError', 'load_image', 'images_root', 'load_questions',
+__all__ = ['MAX_SIDE', 'MAX_PIXELS', 'TASKS', 'PREDICTION_COLUMNS', 'ImageError', 'load_image', 'images_root', 'load_questions',
            'select_questions', 'PredictionCache', 'ShardWriter', 'prediction_key', 'Outcome', 'is_oom', 'predict_items',
            'plan_batches', 'run_batches', 'parse_shard', 'in_shard', 'import_input_caches', 'predict']
 
 # %% ../nbs/06_infer.ipynb #12ad5819
 MAX_SIDE = 1024  # bigger than any processor's input; caps memory per image
-MAX_PIXELS = 40_000_000  # header-declared size above which an image is refused undecoded
+MAX_PIXELS = 40_000_000  # most pixels ever decoded: a larger image is read at reduced scale (JPEG) or refused undecoded
+_PIL_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _own_bomb_guard():
+    "PIL's global decompression-bomb limit lifted while this thread opens an image (load_image checks what is decoded instead)."
+    import warnings
+    from PIL import Image
+    with _PIL_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 class ImageError(ValueError):
@@ -36,11 +53,12 @@ def load_image(path, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
     "An RGB PIL image no larger than `max_side`, or `ImageError` saying why not."
     from PIL import Image
     try:
-        with Image.open(path) as im:
+        with _own_bomb_guard(), Image.open(path) as im:
             width, height = im.size
-            if width * height > max_pixels:
-                raise ImageError(f"decompression-bomb guard: {width}x{height} pixels > {max_pixels}")
-            im.draft("RGB", (max_side, max_side))
+            im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2-1/8 scale; other formats: no-op
+            if im.size[0] * im.size[1] > max_pixels:
+                raise ImageError(f"decompression-bomb guard: {width}x{height} {im.format} would decode "
+                                 f"{im.size[0] * im.size[1]} pixels > {max_pixels}")
             img = im.convert("RGB")
     except ImageError:
         raise
@@ -66,8 +84,16 @@ def images_root(work) -> Path:
     return Path(json.loads(stats.read_text())["images_root"])
 
 
-def load_questions(work) -> pd.DataFrame:
-    "WORK/qa/qa.parquet, with a clear error when the question stage has not run."
+TASKS = ("vqa", "caption")
+
+
+def load_questions(work, task: str = "vqa") -> pd.DataFrame:
+    "The rows to predict: WORK/qa/qa.parquet, or for `task='caption'` WORK/captions/captions.parquet (same columns)."
+    if task == "caption":
+        from abovqa.captions import load_captions
+        return load_captions(work)
+    if task != "vqa":
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
     path = Path(work) / "qa" / "qa.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the question-generation stage first")
@@ -318,18 +344,26 @@ PREDICTION_COLUMNS = ["qa_id", "run", "model", "prompt_version", "raw", "answer"
 def predict(work, model, size: str = "tiny", split: str | None = "test", frac: float = 1.0, batch_size: int = 8,
             run: str | None = None, adapter_dir=None, seed: int = 42, workers: int | None = None, use_options: bool = False,
             max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS, budget=None, progress: bool = True,
-            shard: str | None = None, **adapter_kw) -> pd.DataFrame:
-    "Predict answers for the selected questions into WORK/predictions/<run>.parquet, computing only what is not cached (and, with `shard='i/n'`, only bucket i)."
+            shard: str | None = None, task: str | None = None, **adapter_kw) -> pd.DataFrame:
+    """Predict answers for the selected questions into WORK/predictions/<run>.parquet, computing only what is not cached (and, with `shard='i/n'`, only bucket i).
+
+    `task='caption'` captions the images of WORK/captions/captions.parquet instead (run name suffixed `-caption`)."""
     work = Path(work)
     shard_of = parse_shard(shard)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    adapter = model if isinstance(model, Adapter) else get_adapter(model, size, adapter_dir=adapter_dir, use_options=use_options,
-                                                                   **adapter_kw)
-    run = run or f"{adapter.name}-{adapter.size}" + (f"-{Path(adapter_dir).name}" if adapter_dir else "")
+    if isinstance(model, Adapter):
+        adapter, task = model, task or model.task
+        if task != adapter.task:
+            raise ValueError(f"the adapter was made for {adapter.task!r}, not {task!r}")
+    else:
+        task = task or "vqa"
+        adapter = get_adapter(model, size, adapter_dir=adapter_dir, use_options=use_options, task=task, **adapter_kw)
+    run = run or (f"{adapter.name}-{adapter.size}" + (f"-{Path(adapter_dir).name}" if adapter_dir else "")
+                  + ("-caption" if task == "caption" and not (adapter_dir and "caption" in Path(adapter_dir).name) else ""))
     started = time.perf_counter()
     seed_everything(seed)
-    qa = load_questions(work)
+    qa = load_questions(work, task)
     adapter.prepare(qa)  # e.g. CLIP's 'all' regime: every distinct reference answer is a candidate
     selected = select_questions(qa, split, frac, seed)
     root = images_root(work)
@@ -367,7 +401,7 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
     df["ok"] = df["ok"].astype(bool)
     atomic_write_parquet(df, work / "predictions" / f"{run}.parquet")
     elapsed = time.perf_counter() - started
-    stats = {"run": run, "model": adapter.name, "size": adapter.size, "hub_id": adapter.hub_id, "fingerprint": adapter.fingerprint,
+    stats = {"run": run, "task": task, "model": adapter.name, "size": adapter.size, "hub_id": adapter.hub_id, "fingerprint": adapter.fingerprint,
              "prompt_version": adapter.prompt_version, "split": split, "frac": frac, "seed": seed, "batch_size": batch_size,
              "workers": workers, "shard": shard, "n_imported_shards": imported, "n_selected": len(rows),
              "n_cached": len(mine) - n_todo, "n_written": len(df),

@@ -17,14 +17,16 @@ from pathlib import Path
 from .core import cache_dir, content_hash, detect_hardware, file_fingerprint
 
 # %% auto #0
-__all__ = ['POSTPROCESSORS', 'PROMPTS', 'PROMPTS_VERSION', 'SPECIAL_TOKENS', 'ANSWER_WORDS', 'QUESTION_WORDS', 'REGISTRY',
-           'TINY_VERSION', 'TINY_IMAGE_SIZE', 'ADAPTERS', 'COMMON_ANSWERS', 'LLAVA_TINY_CHAT_TEMPLATE',
-           'QWEN_TINY_SPECIAL_TOKENS', 'QWEN_TINY_CHAT_TEMPLATE', 'GEMMA_TINY_CHAT_TEMPLATE',
-           'MISTRAL_TINY_CHAT_TEMPLATE', 'TINY_GRID_PINPOINTS', 'SEED_003_SAMPLING', 'first_word', 'strip_answer',
-           'last_word', 'dedupe_first', 'format_prompt', 'tiny_vocab', 'tiny_tokenizer', 'ModelSpec', 'register',
-           'get_spec', 'tiny_dir', 'ensure_tiny', 'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter',
-           'ViltVqaAdapter', 'ClipZeroShotAdapter', 'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter',
-           'LlavaAdapter', 'Qwen25VlAdapter', 'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter']
+__all__ = ['POSTPROCESSORS', 'PROMPTS', 'PROMPTS_VERSION', 'SPECIAL_TOKENS', 'ANSWER_WORDS', 'QUESTION_WORDS', 'CAPTION_WORDS',
+           'REGISTRY', 'CAPTION_STYLES', 'TINY_VERSION', 'TINY_IMAGE_SIZE', 'ADAPTERS', 'COMMON_ANSWERS',
+           'LLAVA_TINY_CHAT_TEMPLATE', 'QWEN_TINY_SPECIAL_TOKENS', 'QWEN_TINY_CHAT_TEMPLATE',
+           'GEMMA_TINY_CHAT_TEMPLATE', 'MISTRAL_TINY_CHAT_TEMPLATE', 'TINY_GRID_PINPOINTS', 'SEED_003_SAMPLING',
+           'CAPTION_MAX_NEW_TOKENS', 'CAPTION_PROMPTS_VERSION', 'SEED004_CAPTION_PROMPT', 'CAPTION_PROMPTS',
+           'first_word', 'strip_answer', 'last_word', 'dedupe_first', 'caption_text', 'format_prompt', 'tiny_vocab',
+           'tiny_tokenizer', 'ModelSpec', 'register', 'supported_tasks', 'models_for', 'get_spec', 'tiny_dir',
+           'ensure_tiny', 'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter', 'ViltVqaAdapter',
+           'ClipZeroShotAdapter', 'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter', 'LlavaAdapter',
+           'Qwen25VlAdapter', 'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter', 'BlipCaptionAdapter']
 
 # %% ../nbs/05_models.ipynb #dd677ad2
 _WORD = re.compile(r"[a-z0-9]+")
@@ -55,7 +57,19 @@ def dedupe_first(raw: str) -> str:
     return tokens[0] if tokens else "unknown"
 
 
-POSTPROCESSORS = {"first_word": first_word, "strip_answer": strip_answer, "last_word": last_word, "dedupe_first": dedupe_first}
+_CAPTION_ECHO = re.compile(r"^\s*(?:(?:caption|description|assistant|answer|a photo of)\s*:?\s*)+", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\"'][.!?])\s+(?=[A-Z])")
+
+
+def caption_text(raw: str) -> str:
+    "A caption as one clean sentence: echoed labels and quotes stripped, whitespace collapsed, cut after the first sentence; '' stays ''."
+    text = " ".join(str(raw or "").split())
+    text = _CAPTION_ECHO.sub("", text).strip().strip('"\'').strip()
+    return _SENTENCE_END.split(text, maxsplit=1)[0].strip()
+
+
+POSTPROCESSORS = {"first_word": first_word, "strip_answer": strip_answer, "last_word": last_word, "dedupe_first": dedupe_first,
+                  "caption_text": caption_text}
 
 # %% ../nbs/05_models.ipynb #95f7a7c8
 PROMPTS = {
@@ -104,13 +118,25 @@ color colour shape material pattern product item object type kind brand style ma
 primary shown image picture visible see parts pieces set count number question answer word
 just only option options assistant user describe makes mostly items
 """.split()
+# seed 004's caption prompt and the words of the sample's reference captions, so a caption is words, not letters
+CAPTION_WORDS = """
+generate single sentence objective descriptive caption for given be as comprehensive detailed possible keeping between
+to words your should focus multiple significant visible elements identify subjects e g people animals and their actions
+or notable characteristics key objects attributes include specific names clearly legible text signs labels mention
+immediate setting context if prominent spatial positions composition where they matter must present tense maintain
+neutral factual tone like museum news catalog entry avoid subjective opinions photo stands alone background sold
+design fits any room easy clean maintain by set pack piece pieces rings baskets prints mugs lamps chairs amazonbasics
+rivet stone beach casual classic modern rustic minimalist contemporary traditional industrial mid century amazon brand
+essentials solimo collective ravenna pinzon symbol movian collection cases tables pillows sofas rugs bottles frames clocks
+planters mirrors vases shade shaped matte glossy polished lacquered brushed
+""".split()
 _ALNUM = list("abcdefghijklmnopqrstuvwxyz0123456789")
 _PUNCT = list("?.,:;!'\"-/()&%+")
 
 
 def tiny_vocab() -> dict:
     "The in-code WordPiece vocabulary of every tiny model: token -> id (special tokens first, deterministic)."
-    tokens = SPECIAL_TOKENS + _ALNUM + ["##" + c for c in _ALNUM] + _PUNCT + ANSWER_WORDS + QUESTION_WORDS
+    tokens = SPECIAL_TOKENS + _ALNUM + ["##" + c for c in _ALNUM] + _PUNCT + ANSWER_WORDS + QUESTION_WORDS + CAPTION_WORDS
     return {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
 
 
@@ -135,6 +161,7 @@ class ModelSpec:
     generation: tuple = ()  # (key, value) pairs that override greedy decoding, e.g. the seed's sampling settings
     variants: tuple = ()  # (variant, hub id) pairs: other published checkpoints of the same architecture class
     tiny_words_only: bool = False  # the tiny preset may not emit markup tokens (see "More adapters")
+    tasks: tuple = ("vqa",)  # what it is asked to do; captioning is opened per family in "Captioning"
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -150,6 +177,21 @@ register(ModelSpec("blip-vqa-base", "Salesforce/blip-vqa-base", "blip", "bare", 
                    notes="BLIP VQA: image-grounded question encoder + answer decoder."))
 
 
+# families that can write a caption, and the caption prompt each gets (see "Captioning")
+CAPTION_STYLES = {"llava": "seed004", "qwen2_5_vl": "seed004", "llava_gemma": "seed004", "llava_next": "seed004",
+                  "instructblip": "seed004", "blip2": "blip2", "blip_caption": "unconditional", "florence2": "florence"}
+
+
+def supported_tasks(spec: ModelSpec) -> tuple:
+    "The tasks a model can be asked: its spec's, plus 'caption' for the families with a caption prompt."
+    return tuple(dict.fromkeys(spec.tasks + (("caption",) if spec.family in CAPTION_STYLES else ())))
+
+
+def models_for(task: str) -> list[str]:
+    "Registered models that can do `task` ('vqa' or 'caption'), in registry order."
+    return [name for name, spec in REGISTRY.items() if task in supported_tasks(spec)]
+
+
 def get_spec(name: str) -> ModelSpec:
     "The spec registered as `name`, with the known names in the error when it is not."
     try:
@@ -158,7 +200,7 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(REGISTRY)}") from None
 
 # %% ../nbs/05_models.ipynb #f688f07e
-TINY_VERSION = 1
+TINY_VERSION = 2
 _TINY_BUILDERS: dict = {}
 
 
@@ -272,10 +314,13 @@ class Adapter:
 
     def __init__(self, spec: ModelSpec, size: str = "tiny", *, path=None, adapter_dir=None, device: str | None = None,
                  dtype: str | None = None, quantization: str | None = None, use_options: bool = False,
-                 max_new_tokens: int | None = None, cpu_threads: int | None = None, profile=None):
+                 max_new_tokens: int | None = None, cpu_threads: int | None = None, profile=None, task: str = "vqa"):
         if size not in ("tiny", "full"):
             raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
-        self.spec, self.size, self.name, self.hub_id = spec, size, spec.name, spec.hub_id
+        if task not in supported_tasks(spec):
+            raise ValueError(f"{spec.name} cannot do {task!r} (it does {', '.join(supported_tasks(spec))}); "
+                             f"models for {task!r}: {', '.join(models_for(task)) or 'none'}")
+        self.spec, self.size, self.name, self.hub_id, self.task = spec, size, spec.name, spec.hub_id, task
         self.profile = profile or detect_hardware()
         self.device = device or ("cuda" if self.profile.n_gpus else "cpu")
         # fp16/bf16 only where a GPU runs it; CPU half precision is slow and lossy
@@ -284,7 +329,7 @@ class Adapter:
         default_q = "4bit" if spec.large and size == "full" and self.device.startswith("cuda") and self.profile.load_in_4bit else None
         self.quantization = None if quantization == "none" else (quantization or default_q)
         self.use_options = use_options
-        self.max_new_tokens = max_new_tokens or spec.max_new_tokens
+        self.max_new_tokens = max_new_tokens or (CAPTION_MAX_NEW_TOKENS if task == "caption" else spec.max_new_tokens)
         self.adapter_dir = Path(adapter_dir) if adapter_dir else None
         self.path = Path(path) if path else (ensure_tiny(spec.name) if size == "tiny" else None)
         # Tiny matrices gain nothing from splitting across threads, and OpenMP threads spin-waiting on a
@@ -301,6 +346,8 @@ class Adapter:
 
     @property
     def prompt_version(self) -> str:
+        if self.task == "caption":
+            return f"caption-{CAPTION_STYLES[self.spec.family]}@{CAPTION_PROMPTS_VERSION}/caption_text"
         opts = "+options" if self.use_options else ""
         return f"{self.spec.prompt}{opts}@{PROMPTS_VERSION}/{self.spec.postprocess}"
 
@@ -363,6 +410,8 @@ class Adapter:
 
     # --- predicting -----------------------------------------------------------------------
     def prompt(self, item: dict) -> str:
+        if self.task == "caption":
+            return CAPTION_PROMPTS[CAPTION_STYLES[self.spec.family]]
         return format_prompt(self.spec.prompt, item["question"], item.get("options"), self.use_options)
 
     def predict(self, items: list[dict]) -> list[str]:
@@ -377,7 +426,7 @@ class Adapter:
         raise NotImplementedError
 
     def postprocess(self, raw: str) -> str:
-        return POSTPROCESSORS[self.spec.postprocess](raw)
+        return caption_text(raw) if self.task == "caption" else POSTPROCESSORS[self.spec.postprocess](raw)
 
     def prepare(self, qa) -> "Adapter":
         "Hook called with the whole qa table before predicting (CLIP's `all` regime takes its answer set from it)."
@@ -787,7 +836,7 @@ def _build_tiny_instructblip(path: Path):
     vocab = tok.get_vocab()
     config = InstructBlipConfig(
         vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8),
-        qformer_config=dict(_TINY_LAYERS, vocab_size=len(vocab), encoder_hidden_size=32, max_position_embeddings=128),
+        qformer_config=dict(_TINY_LAYERS, vocab_size=len(vocab), encoder_hidden_size=32, max_position_embeddings=512),
         text_config=dict(model_type="t5", vocab_size=len(vocab), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1,
                          num_heads=2, feed_forward_proj="gated-gelu", pad_token_id=vocab["[PAD]"], eos_token_id=vocab["[SEP]"],
                          decoder_start_token_id=vocab["[PAD]"]),
@@ -848,3 +897,48 @@ register(ModelSpec("llava-v1.6-mistral-7b", "llava-hf/llava-v1.6-mistral-7b-hf",
 register(ModelSpec("florence-2", "florence-community/Florence-2-large", "florence2", "florence", "strip_answer", max_new_tokens=8,
                    tiny_words_only=True, notes="Seed 004's small model (0.77B): DaViT + BART; native class, remote code only on opt-in."))
 ADAPTERS.update(instructblip=InstructBlipAdapter, llava_gemma=LlavaAdapter, llava_next=LlavaNextAdapter, florence2=Florence2Adapter)
+
+# %% ../nbs/05_models.ipynb #80f1a3ce
+CAPTION_MAX_NEW_TOKENS = 60
+CAPTION_PROMPTS_VERSION = "c1"
+SEED004_CAPTION_PROMPT = (
+    "Generate a single-sentence, objective, and descriptive caption for the given image. Strive to be as comprehensive and "
+    "detailed as possible, keeping it between 15 to 30 words. Your caption should focus on multiple significant visible "
+    "elements: identify primary subjects (e.g., people, animals) and their actions or notable characteristics; describe key "
+    "objects and their attributes; include specific brand names or clearly legible text from signs/labels; and mention the "
+    "immediate setting or context if prominent. Describe spatial positions and the composition where they matter. The caption "
+    "must be in the present tense, maintain a neutral, factual tone (like a museum or news catalog entry), and avoid subjective "
+    "opinions.")
+CAPTION_PROMPTS = {"seed004": SEED004_CAPTION_PROMPT, "blip2": "a photo of", "unconditional": "", "florence": "<MORE_DETAILED_CAPTION>"}
+class BlipCaptionAdapter(Adapter):
+    "BLIP's captioning checkpoint: an image in, a caption out (a text prefix, when the prompt has one, conditions it)."
+    model_class, processor_class = "BlipForConditionalGeneration", "BlipProcessor"
+    attn_implementation = None
+
+    def _predict(self, items):
+        prompts = [self.prompt(it) for it in items]
+        text = prompts if any(prompts) else None  # unconditional: the decoder starts from its own [DEC] token
+        batch = self.processor(images=[it["image"] for it in items], text=text, return_tensors="pt", padding=True)
+        out = self.model.generate(**self._to_device(batch), **self.generation_settings)
+        return [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+
+
+@_tiny_builder("blip_caption")
+def _build_tiny_blip_caption(path: Path):
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+    tok = tiny_tokenizer()
+    vocab = tok.get_vocab()
+    config = BlipConfig(
+        text_config=dict(_TINY_LAYERS, vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=vocab["[PAD]"],
+                         bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"]),
+        vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8),
+        projection_dim=32)
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
+                              tokenizer=tok)
+    _save(path, BlipForConditionalGeneration(config), processor)
+
+
+register(ModelSpec("blip-caption-base", "Salesforce/blip-image-captioning-base", "blip_caption", "bare", "caption_text",
+                   max_new_tokens=CAPTION_MAX_NEW_TOKENS, tasks=(),
+                   notes="BLIP's captioning head (ViT-B + BERT decoder): captions only."))
+ADAPTERS["blip_caption"] = BlipCaptionAdapter

@@ -27,7 +27,8 @@ __all__ = ['QTYPES', 'DIFFICULTY', 'QTYPE_ALIASES', 'LEVELS', 'TEMPLATE_VERSION'
            'validate_pairs', 'parse_pairs', 'QARequest', 'parts_count', 'TemplateBackend', 'get_backend', 'Prompt',
            'prompt_fields', 'get_prompt', 'QuotaExhausted', 'gemini_api_keys', 'TokenBucket', 'KeySlot', 'KeyPool',
            'GeminiBackend', 'GeminiStandIn', 'HFBackend', 'QALog', 'run_request', 'source_of', 'add_options',
-           'compile_qa', 'load_listings', 'build_requests', 'images_root_of', 'failure_counts', 'generate']
+           'compile_qa', 'load_listings', 'build_requests', 'images_root_of', 'failure_counts', 'run_requests',
+           'pending_requests', 'generate']
 
 # %% ../nbs/04_qagen.ipynb #e5e6e106
 QTYPES = ("color", "material", "shape", "pattern", "count", "yesno", "brand", "text", "type", "other")
@@ -680,11 +681,15 @@ class GeminiStandIn:
 
     @staticmethod
     def answer(prompt: str) -> str:
-        "Questions from the metadata the prompt carries (as a chatty, fenced JSON reply)."
+        "Questions from the metadata the prompt carries (as a chatty, fenced JSON reply); a caption when a caption is asked for."
         def field(label):
             m = re.search(rf"(?im)^\W*{label}:\s*(.+?)\s*$", prompt)
             return m.group(1).strip() if m else None
         color, kind = field("colou?r"), field("type")
+        if re.search(r"\bcaption\b", prompt, re.I):
+            thing = f"{(color or '').lower()} {(kind or 'product').replace('_', ' ').lower()}".strip()
+            return (f"Caption: A {thing} stands alone on a plain white background, photographed straight on "
+                    f"in soft even studio light for a product catalog.")
         pairs = []
         if color:
             pairs += [{"question": "What is the main color of this product?", "answer": color, "type": "color"},
@@ -877,9 +882,13 @@ OPTION_VOCAB = {
 }
 
 
-def run_request(backend, request: QARequest) -> dict:
-    "Call the backend on one request and validate its output; the log record (errors are recorded, not raised; keys redacted)."
+def run_request(backend, request: QARequest, parse=None, validate=None, what: str = "question/answer pairs") -> dict:
+    """Call the backend on one request and validate its output; the log record (errors are recorded, not raised; keys redacted).
+
+    `parse` (text -> items; default `parse_pairs`), `validate` (items -> (kept, rejected); default `validate_pairs`) and `what`
+    (the items' name in errors) let another task (captions) share the same loop; the record keeps its items under `pairs`."""
     redact = getattr(backend, "redact", lambda text: text)
+    parse, validate = parse or parse_pairs, validate or validate_pairs
     started = time.perf_counter()
     record = {"key": request.key, "image_id": request.image_id, "image_path": request.image_path, "item_id": request.item_id,
               "split": request.split, "backend": request.backend, "model": request.model, "prompt_version": request.prompt_version,
@@ -887,10 +896,10 @@ def run_request(backend, request: QARequest) -> dict:
     try:
         out = backend(request)
         if isinstance(out, str):
-            record["raw"], out = redact(out), parse_pairs(out)
+            record["raw"], out = redact(out), parse(out)
             if not out:
-                raise ValueError("no question/answer pairs in the reply")
-        record["pairs"], record["rejected"] = validate_pairs(out)
+                raise ValueError(f"no {what} in the reply")
+        record["pairs"], record["rejected"] = validate(out)
     except QuotaExhausted:
         raise  # not a failure of this image: it was never asked
     except Exception as e:  # one failing image must not end a long run; recorded, retried on the next run
@@ -1005,40 +1014,27 @@ def failure_counts(records: list[dict]) -> dict[str, int]:
     return counts
 
 
-def generate(work, backend="template", prompt: str | None = None, model: str | None = None, max_images: int | None = None,
-             seed: int = 42, batch_size: int | None = None, budget=None, verbose: bool = True, workers: int | None = None,
-             max_failures: int = 3, **backend_options) -> pd.DataFrame:
-    """Generate questions for the curated images of WORK (resumable) and return the compiled qa table (also WORK/qa/qa.parquet).
+def run_requests(requests: list[QARequest], backend, log: QALog, workers: int | None = None, flush_every: int | None = None,
+                 budget=None, call=None) -> tuple[int, int, str | None]:
+    """Run `call(backend, request)` (default `run_request`) for each request on `workers` threads, appending records to `log`.
 
-    `workers` requests run at once (the backend's own default when None); records are appended every `batch_size` completions
-    (16 for the template backend, 1 for API backends); an image that failed `max_failures` times is skipped, with its reason."""
-    work = Path(work)
-    if workers is not None and backend != "template" and not callable(backend):
-        backend_options["workers"] = workers
-    backend = get_backend(backend, model=model, prompt=prompt, **backend_options)
-    listings = load_listings(work)
-    if hasattr(backend, "bind") and (root := images_root_of(work)) is not None:
-        backend.bind(root)
-    requests = build_requests(listings, backend, seed=seed, max_images=max_images)
-    log = QALog(work / "qa" / "qa.log.jsonl")
-    records = log.records()
-    done, failures = {r["key"] for r in records if r.get("ok")}, failure_counts(records)
-    given_up = [r for r in requests if r.key not in done and failures.get(r.key, 0) >= max_failures]
-    todo = [r for r in requests if r.key not in done and failures.get(r.key, 0) < max_failures]
+    Returns (requests run, of which failed, why it stopped early or None). Only as many requests are submitted as there are
+    free workers, so a kill loses only what is in flight; records are written by this thread alone, every `flush_every`."""
+    call = call or run_request
     n_workers = max(1, int(workers or getattr(backend, "workers", 1)))
-    flush_every = batch_size or getattr(backend, "flush_every", 16)
+    flush_every = flush_every or getattr(backend, "flush_every", 16)
     batch, n_run, n_failed, stopped = [], 0, 0, None
-    queue = iter(todo)
+    queue = iter(requests)
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="qagen") as pool:
         running = set()
         while True:
-            while stopped is None and len(running) < n_workers:  # submit only what a worker can start now: a kill loses little
+            while stopped is None and len(running) < n_workers:
                 if budget is not None and budget.should_stop():
                     stopped = "time budget reached"
                     break
                 if (request := next(queue, None)) is None:
                     break
-                running.add(pool.submit(run_request, backend, request))
+                running.add(pool.submit(call, backend, request))
             if not running:
                 break
             finished, running = wait(running, return_when=FIRST_COMPLETED)
@@ -1055,6 +1051,44 @@ def generate(work, backend="template", prompt: str | None = None, model: str | N
                 log.append(batch)
                 batch = []
     log.append(batch)
+    return n_run, n_failed, stopped
+
+
+def pending_requests(requests: list[QARequest], log: QALog, max_failures: int = 3) -> tuple[list[QARequest], list[QARequest]]:
+    "(requests still to run, requests given up after `max_failures` failed attempts), from what the log holds."
+    records = log.records()
+    done, failures = {r["key"] for r in records if r.get("ok")}, failure_counts(records)
+    given_up = [r for r in requests if r.key not in done and failures.get(r.key, 0) >= max_failures]
+    todo = [r for r in requests if r.key not in done and failures.get(r.key, 0) < max_failures]
+    return todo, given_up
+
+
+def generate(work, backend="template", prompt: str | None = None, model: str | None = None, max_images: int | None = None,
+             seed: int = 42, batch_size: int | None = None, budget=None, verbose: bool = True, workers: int | None = None,
+             max_failures: int = 3, task: str = "vqa", **backend_options) -> pd.DataFrame:
+    """Generate questions for the curated images of WORK (resumable) and return the compiled qa table (also WORK/qa/qa.parquet).
+
+    `workers` requests run at once (the backend's own default when None); records are appended every `batch_size` completions
+    (16 for the template backend, 1 for API backends); an image that failed `max_failures` times is skipped, with its reason.
+    `task='caption'` writes reference captions instead (`abovqa.captions.generate_captions`, WORK/captions/captions.parquet)."""
+    if task == "caption":
+        from abovqa.captions import generate_captions
+        return generate_captions(work, backend="metadata" if backend == "template" else backend, prompt=prompt, model=model,
+                                 max_images=max_images, seed=seed, batch_size=batch_size, budget=budget, verbose=verbose,
+                                 workers=workers, max_failures=max_failures, **backend_options)
+    if task != "vqa":
+        raise ValueError(f"task must be 'vqa' or 'caption', not {task!r}")
+    work = Path(work)
+    if workers is not None and backend != "template" and not callable(backend):
+        backend_options["workers"] = workers
+    backend = get_backend(backend, model=model, prompt=prompt, **backend_options)
+    listings = load_listings(work)
+    if hasattr(backend, "bind") and (root := images_root_of(work)) is not None:
+        backend.bind(root)
+    requests = build_requests(listings, backend, seed=seed, max_images=max_images)
+    log = QALog(work / "qa" / "qa.log.jsonl")
+    todo, given_up = pending_requests(requests, log, max_failures)
+    n_run, n_failed, stopped = run_requests(todo, backend, log, workers, batch_size, budget)
     if stopped:
         print(f"{stopped}: stopped after {n_run} of {len(todo)} requests (the next run continues)")
     qa, rejected = compile_qa(work, keys={r.key for r in requests}, seed=seed)
