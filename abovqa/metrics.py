@@ -20,12 +20,13 @@ from .core import atomic_write_parquet, atomic_write_text
 # %% auto #0
 __all__ = ['VQA_CONTRACTIONS', 'VQA_NUMBER_WORDS', 'VQA_ARTICLES', 'VQA_PUNCTUATION', 'WORDNET_LEXNAMES', 'DEBIAN_WORDNET',
            'HEDGES', 'ANSWER_FORMS', 'LEXICAL_METRICS', 'WORDNET_METRICS', 'MODEL_METRICS', 'BOUNDED_METRICS',
-           'QA_COLUMNS', 'vqa_normalize', 'exact_match', 'vqa_accuracy', 'token_f1', 'word_overlap_f1', 'rouge_l',
-           'bleu', 'packaged_minilm_path', 'semantic_cosine', 'bertscore', 'bertscore_f1', 'ensure_wordnet', 'meteor',
-           'wup_words', 'wups', 'tiny_bart_path', 'bart_loglik', 'bart_score', 'bootstrap_means', 'bootstrap_ci',
-           'paired_bootstrap', 'mcnemar', 'answer_words', 'answer_form', 'is_hedged', 'answer_forms',
-           'score_predictions', 'metric_columns', 'summarize', 'evaluate', 'format_summary', 'compare_runs',
-           'comparison_table']
+           'QA_COLUMNS', 'CAPTION_ONLY_METRICS', 'CAPTION_WORD_RANGE', 'vqa_normalize', 'exact_match', 'vqa_accuracy',
+           'token_f1', 'word_overlap_f1', 'rouge_l', 'bleu', 'packaged_minilm_path', 'semantic_cosine', 'bertscore',
+           'bertscore_f1', 'ensure_wordnet', 'meteor', 'wup_words', 'wups', 'tiny_bart_path', 'bart_loglik',
+           'bart_score', 'bootstrap_means', 'bootstrap_ci', 'paired_bootstrap', 'mcnemar', 'answer_words',
+           'answer_form', 'is_hedged', 'answer_forms', 'score_predictions', 'metric_columns', 'summarize', 'run_task',
+           'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'caption_tokens', 'sentence_count',
+           'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions', 'evaluate_captions']
 
 # %% ../nbs/07_metrics.ipynb #45cb5378
 VQA_CONTRACTIONS = {
@@ -505,9 +506,12 @@ def score_predictions(preds: pd.DataFrame, qa: pd.DataFrame, semantic=None, bert
     return rows
 
 
+CAPTION_ONLY_METRICS = ("bleu4", "cider", "caption_words", "length_ok", "single_sentence")  # see "Captions" below
+
+
 def metric_columns(scored: pd.DataFrame) -> list[str]:
     "The metric columns present in a scored table, in a fixed order."
-    return [c for c in [*LEXICAL_METRICS, *WORDNET_METRICS, *MODEL_METRICS] if c in scored.columns]
+    return [c for c in [*LEXICAL_METRICS, *WORDNET_METRICS, *MODEL_METRICS, *CAPTION_ONLY_METRICS] if c in scored.columns]
 
 
 def summarize(scored: pd.DataFrame, by: list[str], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -532,6 +536,12 @@ def _product_types(work: Path) -> pd.Series | None:
     return listings.drop_duplicates("item_id").set_index("item_id")["product_type"]
 
 
+def run_task(work, run: str) -> str:
+    "'caption' or 'vqa': what predictions/<run>.run.json says the run did (runs written before tasks existed are VQA)."
+    info_path = Path(work) / "predictions" / f"{run}.run.json"
+    return (json.loads(info_path.read_text()).get("task") if info_path.exists() else None) or "vqa"
+
+
 def _run_info(work: Path, run: str) -> dict:
     "The run's sample fraction and whether it used a fine-tuned adapter (predictions/<run>.run.json, adapters/<run>)."
     info_path = work / "predictions" / f"{run}.run.json"
@@ -542,14 +552,23 @@ def _run_info(work: Path, run: str) -> dict:
 
 def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model=None, wordnet: bool = True,
              n_boot: int = 1000, seed: int = 0, verbose: bool = True) -> pd.DataFrame:
-    "Score every WORK/predictions/*.parquet against WORK/qa/qa.parquet; write WORK/metrics/*; return the summary (one row per run)."
+    """Score every WORK/predictions/*.parquet against WORK/qa/qa.parquet; write WORK/metrics/*; return the summary (one row per run).
+
+    Caption runs (`task: caption` in their run.json) are scored against WORK/captions/captions.parquet by `evaluate_captions`
+    into metrics/captions_summary.csv; with no VQA run at all, that summary is returned."""
     work = Path(work)
-    qa_path = work / "qa" / "qa.parquet"
-    if not qa_path.exists():
-        raise FileNotFoundError(f"{qa_path} not found: generate questions first (abovqa qagen --work {work})")
     runs = sorted((work / "predictions").glob("*.parquet"))
     if not runs:
         raise FileNotFoundError(f"no predictions under {work / 'predictions'}: run a baseline first (abovqa predict --work {work} ...)")
+    caption_runs = [p for p in runs if run_task(work, p.stem) == "caption"]
+    runs = [p for p in runs if p not in caption_runs]
+    captions_summary = evaluate_captions(work, [p.stem for p in caption_runs], semantic=semantic, bertscore_model=bertscore_model,
+                                         wordnet=wordnet, n_boot=n_boot, seed=seed, verbose=verbose) if caption_runs else None
+    if not runs:
+        return captions_summary
+    qa_path = work / "qa" / "qa.parquet"
+    if not qa_path.exists():
+        raise FileNotFoundError(f"{qa_path} not found: generate questions first (abovqa qagen --work {work})")
     qa = pd.read_parquet(qa_path)
     product_types = _product_types(work)
     if "product_type" not in qa.columns and product_types is not None and "item_id" in qa.columns:
@@ -632,3 +651,116 @@ def compare_runs(work, run_a: str, run_b: str, metrics: list[str] | None = None,
 def comparison_table(result: dict) -> pd.DataFrame:
     "compare_runs' result as a table: one row per metric."
     return pd.DataFrame.from_dict(result["metrics"], orient="index").rename_axis("metric").reset_index()
+
+# %% ../nbs/07_metrics.ipynb #66c09f82
+CAPTION_WORD_RANGE = (15, 30)
+_CAPTION_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_SENTENCE_BREAK = re.compile(r"[.!?](?:\s+|$)(?=\S)")
+
+
+def caption_tokens(text) -> list[str]:
+    "Lower-cased words and numbers of a caption (punctuation dropped): what BLEU, METEOR and CIDEr compare."
+    return _CAPTION_TOKEN.findall(str(text or "").lower())
+
+
+def sentence_count(text) -> int:
+    "Sentences in a text: breaks after . ! ? followed by more text, plus one."
+    text = str(text or "").strip()
+    return 0 if not text else len(_SENTENCE_BREAK.findall(text)) + 1
+
+
+def cider_d(preds, refs) -> tuple[float, np.ndarray]:
+    "CIDEr-D (pycocoevalcap) of each prediction against its reference(s): (corpus score, per-row scores)."
+    from pycocoevalcap.cider.cider import Cider
+    gts = {i: [" ".join(caption_tokens(r)) for r in (ref if isinstance(ref, (list, tuple)) else [ref])] for i, ref in enumerate(refs)}
+    res = {i: [" ".join(caption_tokens(p))] for i, p in enumerate(preds)}
+    if not gts:
+        return 0.0, np.zeros(0)
+    score, per_row = Cider().compute_score(gts, res)
+    return float(score), np.asarray(per_row, dtype=float)
+
+
+def corpus_bleu4(preds, refs) -> float:
+    "Corpus BLEU-4 (sacrebleu, lower-cased), in 0..1."
+    import sacrebleu
+    return float(min(1.0, sacrebleu.corpus_bleu([str(p or "") for p in preds], [[str(r or "") for r in refs]], lowercase=True).score / 100))
+
+
+def sentence_bleu4(pred, ref) -> float:
+    "Smoothed sentence BLEU-4 (sacrebleu, lower-cased), in 0..1."
+    import sacrebleu
+    return float(min(1.0, sacrebleu.sentence_bleu(str(pred or ""), [str(ref or "")], lowercase=True).score / 100))
+
+
+def score_captions(preds: pd.DataFrame, captions: pd.DataFrame, semantic=None, bertscore_model: str | None = None,
+                   wordnet: bool = True, word_range: tuple = CAPTION_WORD_RANGE, skipped: dict | None = None) -> pd.DataFrame:
+    "One row per caption prediction found in `captions`: reference, length checks and one column per caption metric."
+    from rouge_score import rouge_scorer
+    skipped = {} if skipped is None else skipped
+    ref = captions[["qa_id", *[c for c in QA_COLUMNS if c in captions.columns and c != "question"]]].rename(columns={"answer": "reference"})
+    rows = preds.rename(columns={"answer": "prediction"}).drop(columns=[c for c in QA_COLUMNS if c in preds.columns and c != "answer"])
+    rows = rows.merge(ref, on="qa_id", how="inner")
+    ok = rows["ok"].fillna(False).astype(bool).to_numpy()
+    pred = [str(p or "") if good else "" for p, good in zip(rows["prediction"], ok)]
+    gold = [str(r or "") for r in rows["reference"]]
+    raw = [str(r or "") if good else "" for r, good in zip(rows.get("raw", rows["prediction"]), ok)]
+    rows["caption_words"] = [len(p.split()) for p in pred]
+    rows["length_ok"] = [float(word_range[0] <= n <= word_range[1]) for n in rows["caption_words"]]
+    rows["single_sentence"] = [float(sentence_count(r) == 1) for r in raw]
+    rows["empty"] = [not p.strip() for p in pred]
+    rows["bleu4"] = [sentence_bleu4(p, g) if p else 0.0 for p, g in zip(pred, gold)]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rows["rouge_l"] = [scorer.score(" ".join(caption_tokens(g)), " ".join(caption_tokens(p)))["rougeL"].fmeasure if p else 0.0
+                       for p, g in zip(pred, gold)]
+    if wordnet:
+        try:
+            ensure_wordnet()
+            from nltk.translate.meteor_score import meteor_score
+            rows["meteor"] = [float(meteor_score([caption_tokens(g)], caption_tokens(p))) if p else 0.0 for p, g in zip(pred, gold)]
+        except (LookupError, ImportError) as e:
+            skipped["meteor"] = str(e)
+    rows["cider"] = cider_d(pred, gold)[1] if len(rows) else []
+    if semantic is None:
+        semantic = packaged_minilm_path()
+    if semantic and len(rows):
+        rows["semantic_cosine"] = np.where(ok, semantic_cosine(pred, gold, model=semantic), 0.0)
+    if bertscore_model and len(rows):
+        for name, values in zip(("bertscore_p", "bertscore_r", "bertscore_f1"), bertscore(pred, gold, bertscore_model)):
+            rows[name] = np.where(ok, values, 0.0)
+    rows.attrs["skipped"] = skipped
+    return rows
+
+
+def evaluate_captions(work, runs: list[str] | None = None, semantic=None, bertscore_model: str | None = None, wordnet: bool = True,
+                      n_boot: int = 1000, seed: int = 0, verbose: bool = True) -> pd.DataFrame:
+    "Score caption runs (default: every run whose run.json says task 'caption'); write metrics/<run>.parquet and captions_summary.csv."
+    from abovqa.captions import load_captions
+    work = Path(work)
+    if runs is None:
+        runs = [p.stem for p in sorted((work / "predictions").glob("*.parquet")) if run_task(work, p.stem) == "caption"]
+    if not runs:
+        raise FileNotFoundError(f"no caption runs under {work / 'predictions'}: abovqa predict --work {work} --task caption ...")
+    captions = load_captions(work)
+    summaries, skipped = [], {}
+    for run in runs:
+        preds = pd.read_parquet(work / "predictions" / f"{run}.parquet")
+        scored = score_captions(preds, captions, semantic=semantic, bertscore_model=bertscore_model, wordnet=wordnet, skipped=skipped)
+        atomic_write_parquet(scored, work / "metrics" / f"{run}.parquet")
+        model = preds["model"].iloc[0] if len(preds) else run
+        summary = summarize(scored.assign(run=run), ["run"], n_boot=n_boot, seed=seed) if len(scored) else pd.DataFrame([{"run": run, "n": 0, "n_failed": 0}])
+        ok = scored["ok"].fillna(False).astype(bool)
+        good = scored[ok]
+        summary.insert(1, "model", model)
+        summary.insert(2, "kind", _run_info(work, run)["kind"])
+        summary.insert(summary.columns.get_loc("n_failed") + 1, "n_empty", int(good["empty"].sum()) if len(scored) else 0)
+        summary["corpus_bleu4"] = corpus_bleu4(good["prediction"].fillna(""), good["reference"]) if len(good) else 0.0
+        summary["corpus_cider"] = cider_d(list(good["prediction"].fillna("")), list(good["reference"]))[0] if len(good) else 0.0
+        summaries.append(summary)
+    summary = pd.concat(summaries, ignore_index=True)
+    atomic_write_text(work / "metrics" / "captions_summary.csv", summary.to_csv(index=False))
+    if verbose:
+        print(format_summary(summary, metrics=[m for m in ["bleu4", "meteor", "rouge_l", "cider", "bertscore_f1", "length_ok",
+                                                            "single_sentence"] if m in summary.columns]))
+        for metric, reason in sorted(skipped.items()):
+            print(f"skipped {metric}: {reason}")
+    return summary
