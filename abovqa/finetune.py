@@ -23,13 +23,14 @@ import pandas as pd
 from .core import TimeBudget, atomic_write_json, content_hash, detect_hardware, input_roots, seed_everything
 
 # %% auto #0
-__all__ = ['BLIP_TIED_HEAD', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES', 'LoraRecipeConfig', 'Recipe', 'get_recipe',
-           'resolve_config', 'VqaDataset', 'VqaCollator', 'load_split', 'loader_settings', 'precision_settings',
-           'SessionPlan', 'plan_session', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError',
-           'NonFiniteGuard', 'GuardedSteps', 'VqaTrainer', 'exact_match_metric', 'label_accuracy_metric',
-           'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'latest_checkpoint', 'qlora_skip_modules',
-           'unsloth_available', 'load_qlora_model', 'sft_rows', 'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset',
-           'ViltCollator', 'load_lora_model', 'torch_threads', 'finetune']
+__all__ = ['BLIP_TIED_HEAD', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES', 'LoraRecipeConfig', 'Recipe',
+           'get_recipe', 'resolve_config', 'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split',
+           'training_dataset', 'loader_settings', 'precision_settings', 'SessionPlan', 'plan_session',
+           'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError', 'NonFiniteGuard', 'GuardedSteps',
+           'VqaTrainer', 'exact_match_metric', 'label_accuracy_metric', 'verify_checkpoint', 'checkpoint_step',
+           'find_checkpoints', 'latest_checkpoint', 'qlora_skip_modules', 'unsloth_available', 'load_qlora_model',
+           'sft_rows', 'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset', 'ViltCollator', 'load_lora_model',
+           'torch_threads', 'finetune']
 
 # %% ../nbs/08_finetune.ipynb #43871e2e
 BLIP_TIED_HEAD = r".*cls\.predictions\.decoder"
@@ -62,6 +63,8 @@ class LoraRecipeConfig:
     max_steps: int | None = None  # a config's own step count (seed 001's QLoRA); finetune(max_steps=...) wins
     gradient_checkpointing: bool = False  # trade compute for memory: a 7B model on a T4
     backend: str = "auto"  # vlm-qlora: 'unsloth' (FastVisionModel), 'transformers' (bitsandbytes + PEFT), 'auto'
+    task: str = "vqa"  # 'caption': train on WORK/captions (the reference caption is the completion)
+    optim: str | None = None  # a Trainer optimizer name (e.g. seed 004's 'paged_adamw_8bit'; paged ones need CUDA)
     source: str = ""
 
     def lora_kwargs(self) -> dict:
@@ -110,6 +113,9 @@ _BLIP_CONFIGS = [
 # and the vision tower; the loss counts the answer tokens only (TRL's prompt/completion rows), and
 # the best checkpoint is chosen by val loss: generating answers for every val question at each
 # evaluation costs too much on a 7B model.
+# Seed 004 also put `lm_head` in its LoRA targets (TRL 0.12). Current TRL computes log-probabilities from `lm_head.weight`
+# directly and refuses an adapter there (it would never train), so the kit keeps the rest of seed 004's targets.
+SEED004_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens")
 _VLM_CONFIGS = [
     LoraRecipeConfig("seed003", "all-linear", r=16, lora_alpha=32, lora_dropout=0.075, exclude_modules=None,
                      learning_rate=3e-5, lr_scheduler_type="cosine", warmup_steps=0.1, batch_size=3,
@@ -129,6 +135,15 @@ _VLM_CONFIGS = [
                      modules_to_save=("lm_head",), learning_rate=5e-3, batch_size=8, epochs=3, warmup_steps=0.05,
                      quantization="4bit", metric_for_best_model="loss", eval_steps=50, logging_steps=5,
                      source="kit: a tiny random chat VLM in 4-bit visibly lowers its answer loss on a CPU"),
+    LoraRecipeConfig("seed004-caption", SEED004_TARGETS, r=8, lora_alpha=16, lora_dropout=0.05, exclude_modules=None,
+                     learning_rate=4e-5, lr_scheduler_type="cosine", warmup_steps=0.05, max_grad_norm=0.3, optim="paged_adamw_8bit",
+                     batch_size=1, gradient_accumulation_steps=8, epochs=1, quantization="4bit", gradient_checkpointing=True,
+                     metric_for_best_model="loss", eval_steps=200, task="caption",
+                     source="seed 004: Qwen2.5-VL-7B 4-bit captions, LoRA r 8 on attention + MLP + embeddings/lm_head, 1 x 8"),
+    LoraRecipeConfig("demo-caption", SEED004_TARGETS, r=16, lora_alpha=32, lora_dropout=0.0, exclude_modules=None,
+                     modules_to_save=("lm_head",), learning_rate=5e-3, batch_size=8, epochs=2, warmup_steps=0.05, quantization="4bit",
+                     metric_for_best_model="loss", eval_steps=50, logging_steps=5, task="caption",
+                     source="kit: seed 004's targets on a tiny random chat VLM, captions on a CPU"),
 ]
 
 # ViLT answers by classification over its label vocabulary: LoRA on attention query/value (seeds
@@ -242,14 +257,30 @@ class VqaCollator:
         return dict(batch)
 
 
-def load_split(work, split: str) -> pd.DataFrame:
-    "The questions of one split, with a clear error when there are none."
+def optimizer_settings(cfg: LoraRecipeConfig, profile) -> dict:
+    "The config's optimizer, unless it is a paged (CUDA-only) bitsandbytes one on a machine without a GPU: then the default AdamW."
+    if not cfg.optim or (cfg.optim.startswith("paged") and not profile.n_gpus):
+        return {}
+    return {"optim": cfg.optim}
+
+
+def load_split(work, split: str, task: str = "vqa") -> pd.DataFrame:
+    "The questions (or, for `task='caption'`, the reference captions) of one split, with a clear error when there are none."
     from abovqa.infer import load_questions
-    qa = load_questions(work)
+    qa = load_questions(work, task)
     rows = qa[qa["split"] == split].reset_index(drop=True)
     if rows.empty:
-        raise ValueError(f"no {split!r} questions in {Path(work) / 'qa' / 'qa.parquet'}; splits: {sorted(qa['split'].unique())}")
+        raise ValueError(f"no {split!r} rows for task {task!r} in {work}; splits: {sorted(qa['split'].unique())}")
     return rows
+
+
+def training_dataset(work, split: str, adapter, use_options: bool = False) -> VqaDataset:
+    "The split as the adapter is asked at inference: its question prompt, or for captions its caption prompt (the reference is the target)."
+    from abovqa.infer import images_root
+    rows = load_split(work, split, adapter.task)
+    if adapter.task == "caption":
+        return VqaDataset(rows.assign(question=adapter.prompt({})), images_root(work), "bare")
+    return VqaDataset(rows, images_root(work), adapter.spec.prompt, use_options)
 
 # %% ../nbs/08_finetune.ipynb #43c43bd2
 def loader_settings(profile=None, num_workers: int | None = None) -> dict:
@@ -778,7 +809,10 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     rec = get_recipe(recipe)
     cfg = resolve_config(recipe, config, size, **overrides)
     model_name = model or rec.default_model
-    adapter = get_adapter(model_name, size)
+    task = cfg.task
+    if task == "caption" and rec.trainer != "sft":
+        raise ValueError(f"captions are trained with the vlm-qlora recipe (config seed004-caption), not {recipe!r}")
+    adapter = get_adapter(model_name, size, task=task)
     if not rec.trains(adapter.spec.family):
         raise ValueError(f"recipe {recipe!r} trains {rec.family} models; {model_name!r} is a {adapter.spec.family} model")
     max_steps = max_steps or cfg.max_steps
@@ -787,7 +821,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     ckpt_dir, adapter_dir = work / "checkpoints" / run, work / "adapters" / run
     profile = detect_hardware()
     budget = budget or TimeBudget.from_session(session_hours, margin_minutes)
-    qa = load_questions(work)  # the questions' identity is their content ids and splits, not the parquet's bytes
+    qa = load_questions(work, task)  # the questions' identity is their content ids and splits, not the parquet's bytes
     qa_fingerprint = content_hash(sorted(zip(qa["qa_id"], qa["split"])))
     settings = {"recipe": recipe, "config": asdict(cfg), "model": model_name, "size": size, "max_steps": max_steps,
                 "seed": seed, "save_steps": save_steps, "qa": qa_fingerprint}
@@ -807,13 +841,12 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         result = json.loads(done_file.read_text())
         if predict_test and result.get("status") == "complete":  # cached by infer: nothing recomputed
             preds = predict(work, model_name, size, split="test", adapter_dir=adapter_dir, run=run, seed=seed, progress=False,
-                            use_options=cfg.use_options)
-            result["test_exact_match"] = _test_exact_match(preds, work)
+                            use_options=cfg.use_options, task=task)
+            result["test_exact_match"] = _test_exact_match(preds, work) if task == "vqa" else None
         return result | {"resumed_from": None, "already_complete": True}
 
     seed_everything(seed)
-    train_ds = VqaDataset(load_split(work, "train"), images_root(work), adapter.spec.prompt, cfg.use_options)
-    val_ds = VqaDataset(load_split(work, "val"), images_root(work), adapter.spec.prompt, cfg.use_options)
+    train_ds, val_ds = (training_dataset(work, split, adapter, cfg.use_options) for split in ("train", "val"))
     backend, outside_vocab = "transformers", None
     if rec.trainer == "sft":
         net, processor, backend = load_qlora_model(adapter, cfg, profile, seed)
@@ -844,6 +877,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         logging_steps=cfg.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=not verbose,
         remove_unused_columns=False, label_names=["labels"],
         **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),  # only when on: the name is deprecated in v5
+        **optimizer_settings(cfg, profile),
         **precision, **loader_settings(profile, num_workers))
     session_callbacks = [planner, session, *callbacks, guard]  # the guard last: it has the final word on saving
     if rec.trainer == "sft":  # TRL: prompt/completion rows, loss on the completion (the answer) only
@@ -893,7 +927,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         "samples_per_s": output.metrics.get("train_samples_per_second"), "train_seconds": output.metrics.get("train_runtime"),
         "plan": asdict(planner.plan) if planner.plan else None, "n_train": len(train_ds), "n_val": len(val_ds),
         "n_skipped": _skipped(train_ds) + _skipped(val_ds), "figures": [str(f) for f in figures],
-        "backend": backend, "use_options": cfg.use_options,
+        "backend": backend, "use_options": cfg.use_options, "task": task, "optim": args.get("optim", "adamw_torch"),
         "n_outside_vocab": None if outside_vocab is None else len(outside_vocab),
         "outside_vocab_examples": None if outside_vocab is None else outside_vocab.answer.value_counts().head(10).to_dict(),
         "checkpoints": str(ckpt_dir), "adapter_dir": None, "predictions": None, "test_exact_match": None,
@@ -920,8 +954,9 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     if predict_test:
         del trainer, net
         preds = predict(work, model_name, size, split="test", adapter_dir=adapter_dir, run=run, seed=seed, progress=False,
-                        use_options=cfg.use_options)
-        result |= {"predictions": str(work / "predictions" / f"{run}.parquet"), "test_exact_match": _test_exact_match(preds, work)}
+                        use_options=cfg.use_options, task=task)
+        result |= {"predictions": str(work / "predictions" / f"{run}.parquet"),
+                   "test_exact_match": _test_exact_match(preds, work) if task == "vqa" else None}
     result["seconds"] = round(time.time() - started, 2)
     atomic_write_json(done_file, result)
     return result

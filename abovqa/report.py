@@ -21,7 +21,7 @@ __all__ = ['METRIC_LABELS', 'UNBOUNDED_METRICS', 'FIGURE_ORDER', 'save_figure', 
            'plot_metric_distributions', 'plot_answer_confusion', 'make_figures', 'read_scored',
            'plot_metric_correlation', 'plot_f1_vs_length', 'plot_answer_forms', 'plot_product_type_accuracy',
            'images_root', 'error_examples', 'plot_error_gallery', 'load_training_logs', 'plot_training_curves',
-           'print_summary', 'comparison_pairs', 'write_report']
+           'plot_caption_gallery', 'print_summary', 'comparison_pairs', 'write_report']
 
 # %% ../nbs/09_report.ipynb #2de0f14a
 METRIC_LABELS = {"exact_match": "exact match", "vqa_accuracy": "VQA accuracy", "token_f1": "token F1", "rouge_l": "ROUGE-L",
@@ -173,11 +173,14 @@ def plot_answer_confusion(work, qtype: str | None = None, top: int = 12) -> list
 def make_figures(work, run: str | None = None, top_k: int = 12) -> list[Path]:
     "Draw every figure the files allow into WORK/figures (PNG + SVG); the list of files written. `run`: the gallery's run."
     paths = []
-    for plot in (plot_qtype_accuracy, plot_model_comparison, plot_metric_distributions, plot_metric_correlation, plot_f1_vs_length,
-                 plot_answer_forms, plot_product_type_accuracy, plot_training_curves):
-        paths += plot(work)
-    paths += plot_answer_confusion(work, top=top_k)
-    paths += plot_error_gallery(work, run=run, k=top_k)
+    if (Path(work) / "metrics" / "summary.csv").exists():  # a captions-only study has no VQA figures
+        for plot in (plot_qtype_accuracy, plot_model_comparison, plot_metric_distributions, plot_metric_correlation, plot_f1_vs_length,
+                     plot_answer_forms, plot_product_type_accuracy):
+            paths += plot(work)
+        paths += plot_answer_confusion(work, top=top_k)
+        paths += plot_error_gallery(work, run=run, k=top_k)
+    paths += plot_training_curves(work)
+    paths += plot_caption_gallery(work)
     return paths
 
 # %% ../nbs/09_report.ipynb #d53dcfe7
@@ -345,13 +348,75 @@ def plot_training_curves(work) -> list[Path]:
     ax.legend(fontsize="small", frameon=False, bbox_to_anchor=(1.0, 1.0), loc="upper left")
     return save_figure(fig, work, "training_curves")
 
+# %% ../nbs/09_report.ipynb #4dcd3c28
+def _wrap(text, width: int = 38, lines: int = 4) -> str:
+    import textwrap
+    wrapped = textwrap.wrap(str(text), width) or [""]
+    return "\n".join(wrapped[:lines]) + ("…" if len(wrapped) > lines else "")
+
+
+def plot_caption_gallery(work, runs: list[str] | None = None, k: int = 6, seed: int = 0) -> list[Path]:
+    "Image, reference and each caption run's prediction for `k` test images (WORK/figures/caption_gallery); [] without caption metrics."
+    work = Path(work)
+    summary_path = work / "metrics" / "captions_summary.csv"
+    root = images_root(work)
+    if not summary_path.exists() or root is None:
+        return []
+    runs = runs or pd.read_csv(summary_path)["run"].tolist()
+    scored = {run: pd.read_parquet(work / "metrics" / f"{run}.parquet").set_index("qa_id") for run in runs}
+    shared = sorted(set.intersection(*(set(t.index) for t in scored.values())))
+    if not shared:
+        return []
+    picked = pd.Series(shared).sample(n=min(k, len(shared)), random_state=seed).sort_values().tolist()
+    plt = _plt()
+    from PIL import Image as PILImage
+    fig, axes = plt.subplots(len(picked), 2, figsize=(11, 2.9 * len(picked)), squeeze=False, gridspec_kw={"width_ratios": [1, 2.6]})
+    for (ax_img, ax_text), qa_id in zip(axes, picked):
+        first = scored[runs[0]].loc[qa_id]
+        path = root / str(first["image_path"])
+        if path.exists():
+            from abovqa.infer import ImageError, load_image
+            try:
+                ax_img.imshow(load_image(path, max_side=512))
+            except ImageError as e:
+                ax_img.text(0.5, 0.5, f"unreadable:\n{_wrap(e, 24)}", ha="center", va="center", fontsize=7, transform=ax_img.transAxes)
+        ax_img.axis("off")
+        lines = [f"reference: {_wrap(first['reference'], 80, 3)}"]
+        for run in runs:
+            row = scored[run].loc[qa_id]
+            said = row["prediction"] if row["ok"] else f"(failed: {row.get('error') or 'no output'})"
+            lines.append(f"{run}: {_wrap(said or '(empty caption)', 80, 3)}")
+        ax_text.text(0, 1, "\n\n".join(lines), va="top", ha="left", fontsize=8, family="monospace", transform=ax_text.transAxes)
+        ax_text.axis("off")
+    fig.suptitle("Captions: reference and predictions", y=1.0)
+    return save_figure(fig, work, "caption_gallery")
+
+
+def _caption_sections(work: Path) -> list[str]:
+    "The captioning part of the report: the caption runs' metrics and the reference count."
+    summary = pd.read_csv(work / "metrics" / "captions_summary.csv")
+    shown = ["run", "model", "kind", "n", "n_failed", "n_empty", "corpus_bleu4", "corpus_cider", "bleu4", "meteor", "rouge_l", "cider",
+             "bertscore_f1", "semantic_cosine", "caption_words", "length_ok", "single_sentence"]
+    parts = ["<h2>Captions</h2><p>Corpus BLEU-4 and CIDEr-D over each run's test captions; the other columns are means per caption "
+             "(intervals in <code>metrics/captions_summary.csv</code>). <code>length_ok</code>: share within 15–30 words; "
+             "<code>single_sentence</code>: share of raw outputs that were one sentence. Failed predictions score 0 and are "
+             "counted, never replaced.</p>", _html_table(summary[[c for c in shown if c in summary.columns]], index=False)]
+    refs = work / "captions" / "captions.parquet"
+    if refs.exists():
+        table = pd.read_parquet(refs)
+        counts = table.groupby([c for c in ("source", "split") if c in table.columns]).size()
+        counts = counts.unstack(fill_value=0) if counts.index.nlevels > 1 else counts.to_frame("captions")
+        parts += ["<p>Reference captions per split:</p>", counts.to_html()]
+    return parts
+
 # %% ../nbs/09_report.ipynb #bb93eebd
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:.9em;margin:1em 0}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:1em 0}figure{margin:0}
 figcaption{color:#555;font-size:.9em}"""
 FIGURE_ORDER = ("curate_product_types", "qtype_accuracy", "model_comparison", "metric_distributions", "answer_confusion",
-                "metric_correlation", "f1_vs_length", "answer_forms", "product_type_accuracy", "error_gallery", "training_curves")
+                "metric_correlation", "f1_vs_length", "answer_forms", "product_type_accuracy", "error_gallery", "training_curves",
+                "caption_gallery")
 
 
 def print_summary(work) -> pd.DataFrame:
@@ -384,14 +449,11 @@ def _html_table(df: pd.DataFrame, **kw) -> str:
     return df.to_html(float_format=lambda v: f"{v:.3f}", na_rep="-", **kw)
 
 
-def write_report(work, compare: bool = True, n_boot: int = 1000) -> Path:
-    "WORK/report/index.html: run, paired-comparison, per-type/product/fraction and answer-form tables, question counts, every figure."
-    work = Path(work)
+def _vqa_sections(work: Path, compare: bool, n_boot: int) -> list[str]:
+    "The VQA part of the report: runs, paired comparisons, per-type/product/fraction and answer-form tables, question counts."
     summary, by_qtype = _read_metrics(work)
     metrics_dir = work / "metrics"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>abovqa report</title><style>{_CSS}</style></head><body>",
-             f"<h1>abovqa report</h1><p>Study: <code>{html.escape(str(work.resolve()))}</code></p>",
-             "<h2>Runs</h2><p>Mean over questions with a 95% bootstrap interval; failed predictions count as wrong.</p>",
+    parts = ["<h2>Runs</h2><p>Mean over questions with a 95% bootstrap interval; failed predictions count as wrong.</p>",
              f"<pre>{html.escape(format_summary(summary))}</pre>", _html_table(summary, index=False)]
     skipped_path = metrics_dir / "skipped.json"
     skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else {}
@@ -419,6 +481,22 @@ def write_report(work, compare: bool = True, n_boot: int = 1000) -> Path:
     if qa_path.exists():
         qa = pd.read_parquet(qa_path, columns=["split", "qtype"])
         parts += [f"<h2>Questions</h2><p>{len(qa):,} questions.</p>", qa.groupby(["qtype", "split"]).size().unstack(fill_value=0).to_html()]
+    return parts
+
+
+def write_report(work, compare: bool = True, n_boot: int = 1000) -> Path:
+    "WORK/report/index.html: run, paired-comparison, per-type/product/fraction and answer-form tables, question counts, every figure."
+    work = Path(work)
+    metrics_dir = work / "metrics"
+    has_vqa, has_captions = (metrics_dir / "summary.csv").exists(), (metrics_dir / "captions_summary.csv").exists()
+    if not has_vqa and not has_captions:
+        raise FileNotFoundError(f"no {metrics_dir / 'summary.csv'} or captions_summary.csv: run evaluate first (abovqa evaluate --work {work})")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>abovqa report</title><style>{_CSS}</style></head><body>",
+             f"<h1>abovqa report</h1><p>Study: <code>{html.escape(str(work.resolve()))}</code></p>"]
+    if has_vqa:
+        parts += _vqa_sections(work, compare, n_boot)
+    if has_captions:
+        parts += _caption_sections(work)
     figures = sorted((work / "figures").glob("*.png"), key=lambda p: (FIGURE_ORDER.index(p.stem) if p.stem in FIGURE_ORDER else len(FIGURE_ORDER), p.stem))
     if figures:
         parts += ["<h2>Figures</h2>"] + [_img(p) for p in figures]
