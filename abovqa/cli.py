@@ -36,7 +36,10 @@ def _qagen(a):
     if a.backend == "template" and (a.rpm or a.base_url):
         raise SystemExit("abovqa qagen: --rpm and --base-url are for API backends; the template backend runs offline")
     kw = {k: v for k, v in dict(prompt=a.prompt, model=a.model, workers=a.workers, rpm=a.rpm, base_url=a.base_url).items() if v is not None}
-    qa = generate(a.work, backend=a.backend, max_images=a.max_images, seed=a.seed, **kw)
+    qa = generate(a.work, backend=a.backend, max_images=a.max_images, seed=a.seed, task=a.task, **kw)
+    if a.task == "caption":
+        print(f"{len(qa):,} reference captions -> {Path(a.work) / 'captions' / 'captions.parquet'}")
+        return 0
     print(f"{len(qa):,} questions -> {Path(a.work) / 'qa' / 'qa.parquet'}")
     if len(qa):
         print(qa.groupby(["split", "qtype"]).size().unstack(fill_value=0).to_string())
@@ -55,14 +58,18 @@ def _predict(a):
     from abovqa.infer import predict
     kw = {k: v for k, v in dict(batch_size=a.batch_size, adapter_dir=a.adapter, run=a.run, use_options=a.options or None,
                                 shard=a.shard).items() if v is not None}
-    preds = predict(a.work, a.model, size=a.size, split=a.split, frac=a.frac, **kw)
+    preds = predict(a.work, a.model, size=a.size, split=a.split, frac=a.frac, task=a.task, **kw)
     ok = int(preds["ok"].sum()) if len(preds) else 0
     print(f"{len(preds):,} predictions ({ok:,} ok) -> {Path(a.work) / 'predictions'}")
     return 0
 
 
 def _finetune(a):
-    from abovqa.finetune import finetune
+    from abovqa.finetune import finetune, resolve_config
+    if a.task == "caption" and not a.config:  # captions train with vlm-qlora and seed 004's settings (a tiny model: the demo's)
+        a.config = "demo-caption" if a.size == "tiny" else "seed004-caption"
+    if (task := resolve_config(a.recipe, a.config, a.size).task) != a.task:
+        raise SystemExit(f"abovqa finetune: config {a.config or '(default)'!r} of {a.recipe} trains {task!r}, not --task {a.task}")
     overrides = {k: v for k, v in dict(config=a.config, model=a.model, max_steps=a.max_steps, run=a.run).items() if v is not None}
     result = finetune(a.work, recipe=a.recipe, size=a.size, **overrides)
     for key, value in result.items():
@@ -182,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base-url")
     s.add_argument("--max-images", type=int)
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--task", default="vqa", choices=["vqa", "caption"],
+                   help="caption: reference captions (backend template = from the metadata) into WORK/captions")
     s.set_defaults(func=_qagen)
 
     s = sub.add_parser("export", help="the questions as a Hugging Face dataset, parquet and VLMEvalKit TSV, with a dataset card")
@@ -202,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run")
     s.add_argument("--options", action="store_true", help="ask with the 4 multiple-choice options")
     s.add_argument("--shard", metavar="I/N", help="compute only bucket I of N (one session each); a run without --shard merges them")
+    s.add_argument("--task", default="vqa", choices=["vqa", "caption"], help="caption: caption the images of WORK/captions")
     s.set_defaults(func=_predict)
 
     s = sub.add_parser("finetune", help="LoRA / QLoRA fine-tune that checkpoints, resumes and predicts the test split")
@@ -212,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", default="full", choices=["tiny", "full"])
     s.add_argument("--max-steps", type=int)
     s.add_argument("--run")
+    s.add_argument("--task", default="vqa", choices=["vqa", "caption"],
+                   help="caption: vlm-qlora on WORK/captions (config seed004-caption; demo-caption when --size tiny)")
     s.set_defaults(func=_finetune)
 
     s = sub.add_parser("evaluate", help="score every predictions/*.parquet")

@@ -231,15 +231,16 @@ def parse_plan(plan, work=None) -> list[RunSpec]:
 
 # %% ../nbs/10_runs.ipynb #26f13b9f
 def demo_plan(work) -> dict:
-    "The built-in plan of `abovqa demo`: curate -> questions -> every tiny baseline -> tiny BLIP LoRA -> tiny LLaVA QLoRA -> evaluate, in `work`."
-    from abovqa.models import REGISTRY  # light: the registry imports no model library
+    "The built-in plan of `abovqa demo`: curate -> questions -> every tiny VQA baseline -> tiny BLIP LoRA -> tiny LLaVA QLoRA -> evaluate -> captioning, in `work`."
+    from abovqa.models import models_for  # light: the registry imports no model library
     notebooks = pipeline_dir()
     work = str(work)
     stages = [("10_curate", {"preset": "balanced"}), ("20_generate_qa", {"backend": "template"}),
-              ("30_baselines", {"models": list(REGISTRY), "size": "tiny"}),
+              ("30_baselines", {"models": models_for("vqa"), "size": "tiny"}),
               ("40_finetune_lora", {"recipe": "blip-lora", "size": "tiny"}),
               ("41_finetune_qlora", {"recipe": "vlm-qlora", "model": "llava-1.5-7b", "size": "tiny"}),
-              ("50_evaluate", {"bertscore_model": "minilm"})]
+              ("50_evaluate", {"bertscore_model": "minilm"}),
+              ("70_captioning", {"size": "tiny", "bertscore_model": "minilm"})]
     runs = []
     for i, (name, parameters) in enumerate(stages):
         run = {"name": name, "notebook": str(notebooks / f"{name}.ipynb"), "parameters": {"work": work, **parameters}}

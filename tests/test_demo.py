@@ -8,7 +8,8 @@ import pytest
 from conftest import BIN
 
 DESIGN_FILES = ["curated/listings.parquet", "curated/dropped.parquet", "curated/stats.json", "qa/qa.parquet", "qa/qa.log.jsonl",
-                "metrics/summary.csv", "report/index.html"]
+                "metrics/summary.csv", "report/index.html", "captions/captions.parquet", "metrics/captions_summary.csv",
+                "figures/caption_gallery.png"]
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +36,15 @@ def test_demo_outputs_agree_with_each_other(demo):
     work, _ = demo
     listings = pd.read_parquet(work / "curated" / "listings.parquet")
     qa = pd.read_parquet(work / "qa" / "qa.parquet")
-    assert set(qa.image_id) <= set(listings.image_id)
+    captions = pd.read_parquet(work / "captions" / "captions.parquet")
+    assert set(qa.image_id) <= set(listings.image_id) and set(captions.image_id) <= set(listings.image_id)
     assert qa.qa_id.is_unique
+    caption_runs = set(pd.read_csv(work / "metrics" / "captions_summary.csv")["run"])
+    assert caption_runs and all(run.endswith("caption") for run in caption_runs)
     for path in (work / "predictions").glob("*.parquet"):
         preds = pd.read_parquet(path)
-        assert set(preds.qa_id) <= set(qa.qa_id) and preds.qa_id.is_unique
+        references = captions if path.stem in caption_runs else qa
+        assert set(preds.qa_id) <= set(references.qa_id) and preds.qa_id.is_unique
     stats = json.loads((work / "curated" / "stats.json").read_text())
     assert stats["kept"] == len(listings) == list(stats["steps"].values())[-1]
 

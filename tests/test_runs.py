@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from abovqa.models import REGISTRY
+from abovqa.models import models_for
 
 from abovqa.runs import PlanError, demo_plan, make_notebook, parse_plan, pipeline_dir, render_html, run_plan
 
@@ -208,7 +208,7 @@ def test_harmless_names_that_contain_secret_words_pass(notebooks):
 
 def test_demo_plan_chains_the_pipeline_stages(tmp_path, monkeypatch):
     assert (pipeline_dir() / "..").resolve().name == "nbs"
-    stages = ["10_curate", "20_generate_qa", "30_baselines", "40_finetune_lora", "41_finetune_qlora", "50_evaluate"]
+    stages = ["10_curate", "20_generate_qa", "30_baselines", "40_finetune_lora", "41_finetune_qlora", "50_evaluate", "70_captioning"]
     for stage in stages:
         make_notebook(tmp_path / "pipeline" / f"{stage}.ipynb", "pass", parameters="work = 'runs/nb'")
     monkeypatch.setenv("ABOVQA_NOTEBOOKS", str(tmp_path / "pipeline"))
@@ -217,9 +217,10 @@ def test_demo_plan_chains_the_pipeline_stages(tmp_path, monkeypatch):
     assert [s.name for s in specs] == stages
     assert all(s.parameters["work"] == str(tmp_path / "work") for s in specs)
     assert specs[0].parameters["preset"] == "balanced" and specs[1].parameters["backend"] == "template"
-    assert specs[2].parameters["models"] == list(REGISTRY) and specs[2].parameters["size"] == "tiny"
+    assert specs[2].parameters["models"] == models_for("vqa") and specs[2].parameters["size"] == "tiny"
     assert specs[3].parameters["recipe"] == "blip-lora" and specs[3].parameters["size"] == "tiny"
     assert specs[4].parameters["recipe"] == "vlm-qlora" and specs[4].parameters["size"] == "tiny"
+    assert "blip-caption-base" not in specs[2].parameters["models"] and specs[6].parameters["size"] == "tiny"
     assert [s.depends_on for s in specs] == [[]] + [[stage] for stage in stages[:-1]]
     monkeypatch.setenv("ABOVQA_NOTEBOOKS", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="ABOVQA_NOTEBOOKS"):
