@@ -29,6 +29,7 @@ STEPS = {
     "41_finetune_qlora": {"title": "abovqa 41 finetune qlora", "gpus": 2},
     "50_evaluate": {"title": "abovqa 50 evaluate", "gpus": 0},
     "60_error_analysis": {"title": "abovqa 60 error analysis", "gpus": 0},
+    "70_captioning": {"title": "abovqa 70 captioning", "gpus": 2},
 }
 WHEEL_DATASET = "abovqa-wheel"
 

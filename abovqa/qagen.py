@@ -805,7 +805,7 @@ class HFBackend:
         name = model or "qwen2.5-vl-7b"
         if name not in REGISTRY:
             raise ValueError(f"unknown model {name!r}; known: {sorted(REGISTRY)}")
-        if REGISTRY[name].family in ("blip", "vilt", "clip"):
+        if REGISTRY[name].family in ("blip", "vilt", "clip", "blip_caption"):
             raise ValueError(f"{name!r} answers questions but cannot write them: use a generative VLM (qwen2.5-vl-7b, llava-1.5-7b, ...)")
         self.prompt = get_prompt(prompt)
         self.prompt_version = self.prompt.id
