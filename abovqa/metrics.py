@@ -557,6 +557,9 @@ def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model
     Caption runs (`task: caption` in their run.json) are scored against WORK/captions/captions.parquet by `evaluate_captions`
     into metrics/captions_summary.csv; with no VQA run at all, that summary is returned."""
     work = Path(work)
+    qa_path = work / "qa" / "qa.parquet"
+    if not qa_path.exists() and not (work / "captions" / "captions.parquet").exists():
+        raise FileNotFoundError(f"{qa_path} not found: generate questions first (abovqa qagen --work {work}; --task caption for captions)")
     runs = sorted((work / "predictions").glob("*.parquet"))
     if not runs:
         raise FileNotFoundError(f"no predictions under {work / 'predictions'}: run a baseline first (abovqa predict --work {work} ...)")
@@ -566,7 +569,6 @@ def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model
                                          wordnet=wordnet, n_boot=n_boot, seed=seed, verbose=verbose) if caption_runs else None
     if not runs:
         return captions_summary
-    qa_path = work / "qa" / "qa.parquet"
     if not qa_path.exists():
         raise FileNotFoundError(f"{qa_path} not found: generate questions first (abovqa qagen --work {work})")
     qa = pd.read_parquet(qa_path)
