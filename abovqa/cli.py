@@ -63,7 +63,8 @@ def _predict(a):
 
 def _finetune(a):
     from abovqa.finetune import finetune
-    overrides = {k: v for k, v in dict(config=a.config, model=a.model, max_steps=a.max_steps, run=a.run).items() if v is not None}
+    overrides = {k: v for k, v in dict(config=a.config, model=a.model, max_steps=a.max_steps, run=a.run,
+                                       processes=a.processes).items() if v is not None}
     result = finetune(a.work, recipe=a.recipe, size=a.size, **overrides)
     for key, value in result.items():
         print(f"{key}: {value}")
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", default="full", choices=["tiny", "full"])
     s.add_argument("--max-steps", type=int)
     s.add_argument("--run")
+    s.add_argument("--processes", type=int, help="DDP processes via accelerate launch (default: one per GPU, 1 on a CPU)")
     s.set_defaults(func=_finetune)
 
     s = sub.add_parser("evaluate", help="score every predictions/*.parquet")
