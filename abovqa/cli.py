@@ -70,7 +70,8 @@ def _finetune(a):
         a.config = "demo-caption" if a.size == "tiny" else "seed004-caption"
     if (task := resolve_config(a.recipe, a.config, a.size).task) != a.task:
         raise SystemExit(f"abovqa finetune: config {a.config or '(default)'!r} of {a.recipe} trains {task!r}, not --task {a.task}")
-    overrides = {k: v for k, v in dict(config=a.config, model=a.model, max_steps=a.max_steps, run=a.run).items() if v is not None}
+    overrides = {k: v for k, v in dict(config=a.config, model=a.model, max_steps=a.max_steps, run=a.run,
+                                       processes=a.processes).items() if v is not None}
     result = finetune(a.work, recipe=a.recipe, size=a.size, **overrides)
     for key, value in result.items():
         print(f"{key}: {value}")
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run")
     s.add_argument("--task", default="vqa", choices=["vqa", "caption"],
                    help="caption: vlm-qlora on WORK/captions (config seed004-caption; demo-caption when --size tiny)")
+    s.add_argument("--processes", type=int, help="DDP processes via accelerate launch (default: one per GPU, 1 on a CPU)")
     s.set_defaults(func=_finetune)
 
     s = sub.add_parser("evaluate", help="score every predictions/*.parquet")

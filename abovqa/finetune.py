@@ -25,12 +25,13 @@ from .core import TimeBudget, atomic_write_json, content_hash, detect_hardware, 
 # %% auto #0
 __all__ = ['BLIP_TIED_HEAD', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES', 'LoraRecipeConfig', 'Recipe',
            'get_recipe', 'resolve_config', 'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split',
-           'training_dataset', 'loader_settings', 'precision_settings', 'SessionPlan', 'plan_session',
-           'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError', 'NonFiniteGuard', 'GuardedSteps',
-           'VqaTrainer', 'exact_match_metric', 'label_accuracy_metric', 'verify_checkpoint', 'checkpoint_step',
-           'find_checkpoints', 'latest_checkpoint', 'qlora_skip_modules', 'unsloth_available', 'load_qlora_model',
-           'sft_rows', 'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset', 'ViltCollator', 'load_lora_model',
-           'torch_threads', 'finetune']
+           'training_dataset', 'loader_settings', 'precision_settings', 'SessionPlan', 'plan_session', 'dist_info',
+           'is_main_process', 'rank0_decides', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError',
+           'NonFiniteGuard', 'GuardedSteps', 'VqaTrainer', 'exact_match_metric', 'label_accuracy_metric',
+           'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'file_lock', 'latest_checkpoint',
+           'qlora_skip_modules', 'unsloth_available', 'load_qlora_model', 'sft_rows', 'sft_trainer_class',
+           'vilt_label_ids', 'LabelledSubset', 'ViltCollator', 'load_lora_model', 'torch_threads', 'finetune',
+           'resolve_processes', 'launch_command', 'launch_finetune', 'main']
 
 # %% ../nbs/08_finetune.ipynb #43871e2e
 BLIP_TIED_HEAD = r".*cls\.predictions\.decoder"
@@ -342,6 +343,29 @@ def plan_session(seconds_per_step: float, total_steps: int, done_steps: int, bud
     return SessionPlan(round(seconds_per_step, 4), total_steps, done_steps, this_session, fresh, sessions, every, steps, times)
 
 # %% ../nbs/08_finetune.ipynb #df958dd7
+def dist_info() -> tuple[int, int]:
+    "(rank, world size) of this process: (0, 1) unless started by `accelerate launch` / torchrun."
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    "True in rank 0 (and in a plain, single process): the one that writes the run's files."
+    return dist_info()[0] == 0
+
+
+def rank0_decides(*flags: bool, device=None) -> tuple[bool, ...]:
+    "Rank 0's `flags` on every rank of a DDP run (a single process gets its own back): one decision for all."
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return tuple(bool(f) for f in flags)
+    if device is None or (dist.get_backend() == "nccl" and torch.device(device).type != "cuda"):
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(bool(f)) for f in flags], device=device)
+    dist.broadcast(t, src=0)
+    return tuple(bool(v) for v in t.tolist())
+
+# %% ../nbs/08_finetune.ipynb #145a260f
 from transformers import TrainerCallback
 
 
@@ -363,10 +387,14 @@ class SessionBudgetCallback(TrainerCallback):
         step = now - self._last_step
         self.step_seconds = step if not self.step_seconds else 0.8 * self.step_seconds + 0.2 * step  # smoothed
         self._last_step = now
-        if self.budget.should_stop(2 * self.step_seconds + self.save_seconds):
+        stop = self.budget.should_stop(2 * self.step_seconds + self.save_seconds)
+        save = now - self._last_save >= self.checkpoint_seconds
+        # under DDP each rank's clock would decide on its own and a rank alone in a save or a stop hangs the others
+        save, stop = rank0_decides(save, stop, device=getattr(args, "device", None))
+        if stop:
             control.should_save = control.should_training_stop = True
             self.stopped_for_budget, self.stopped_at = True, state.global_step
-        elif now - self._last_save >= self.checkpoint_seconds:
+        elif save:
             control.should_save = True
         if control.should_save:
             self._save_requested = now
@@ -452,7 +480,11 @@ class GuardedSteps:
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.guard is not None:
-            self.guard.check_loss(loss.detach(), self.state.global_step, self.control)
+            seen = loss.detach().float().clone()
+            if self.args.world_size > 1:  # DDP: a NaN on any rank stops every rank at the same step (sum: NaN if any is)
+                import torch.distributed as dist
+                dist.all_reduce(seen)
+            self.guard.check_loss(seen, self.state.global_step, self.control)
         return loss
 
 
@@ -554,6 +586,20 @@ def find_checkpoints(run: str, work, roots=None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "in_work", "ok", "reason", "step"])
 
 
+@contextlib.contextmanager
+def file_lock(path):
+    "An exclusive `flock` on `path` (created if missing) for the duration of the block; released when the process dies."
+    import fcntl
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # blocks until the holder is done (or dead: the kernel drops a dead process's locks)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def latest_checkpoint(run: str, work, roots=None) -> Path | None:
     "The newest complete checkpoint of `run`, copied into WORK/checkpoints/<run> first when it lies elsewhere."
     found = find_checkpoints(run, work, roots)
@@ -566,16 +612,19 @@ def latest_checkpoint(run: str, work, roots=None) -> Path | None:
     target_dir = Path(work) / "checkpoints" / run
     source_dir = Path(best.path).parent
     copied = None
-    for row in good[good.path.map(lambda p: Path(p).parent == source_dir)].itertuples():
-        target = target_dir / Path(row.path).name
-        if not target.exists():
-            target_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=target_dir, prefix=".copy-"))
-            shutil.copytree(row.path, tmp / "c")
-            os.replace(tmp / "c", target)  # a checkpoint appears complete or not at all
-            shutil.rmtree(tmp, ignore_errors=True)
-        if row.path == best.path:
-            copied = target
+    # every DDP rank starts here at once: one copies while the others wait on the lock, then find the copy done
+    with file_lock(target_dir / ".copy.lock"):
+        for stale in target_dir.glob(".copy-*"):  # left by a copy killed midway: under the lock nobody else owns it
+            shutil.rmtree(stale, ignore_errors=True)
+        for row in good[good.path.map(lambda p: Path(p).parent == source_dir)].itertuples():
+            target = target_dir / Path(row.path).name
+            if not target.exists():
+                tmp = Path(tempfile.mkdtemp(dir=target_dir, prefix=".copy-"))
+                shutil.copytree(row.path, tmp / "c")
+                os.replace(tmp / "c", target)  # a checkpoint appears complete or not at all
+                shutil.rmtree(tmp, ignore_errors=True)
+            if row.path == best.path:
+                copied = target
     return copied
 
 # %% ../nbs/08_finetune.ipynb #6cd44a2b
@@ -588,6 +637,11 @@ def qlora_skip_modules(model_class: str, source: str, multiple: int = 64) -> lis
     with init_empty_weights():  # meta tensors: the architecture without its weights
         model = getattr(transformers, model_class)._from_config(config)
     return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features % multiple]
+
+
+def _local_device() -> int:
+    "The GPU of this process: its LOCAL_RANK under DDP (one whole model per GPU, never split), else GPU 0."
+    return int(os.environ.get("LOCAL_RANK", 0))
 
 
 def unsloth_available(profile) -> bool:
@@ -618,7 +672,8 @@ def load_qlora_model(adapter, cfg: LoraRecipeConfig, profile, seed: int = 42):
         raise ValueError(f"backend must be 'auto', 'unsloth' or 'transformers', not {cfg.backend!r}")
     if cfg.backend == "unsloth" and not unsloth_available(profile):
         raise RuntimeError("backend='unsloth' needs a GPU and the unsloth package (pip install 'abovqa[gpu]')")
-    if cfg.backend == "unsloth" or (cfg.backend == "auto" and unsloth_available(profile)):
+    # auto: Unsloth in a single process only (its multi-GPU support is not the one the kit relies on)
+    if cfg.backend == "unsloth" or (cfg.backend == "auto" and unsloth_available(profile) and dist_info()[1] == 1):
         return (*_load_unsloth(adapter, cfg, seed), "unsloth")
     _quiet_transformers()
     # fp32 compute on a CPU; on a GPU the profile's half precision (fp16 on a T4: the NaN guard watches Qwen there)
@@ -630,10 +685,11 @@ def load_qlora_model(adapter, cfg: LoraRecipeConfig, profile, seed: int = 42):
         skip = qlora_skip_modules(adapter.model_class, adapter.source) + ["lm_head"]  # the head stays full precision (QLoRA's)
         kw.update(quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
-            llm_int8_skip_modules=skip), device_map={"": 0} if profile.n_gpus else "cpu")
+            llm_int8_skip_modules=skip), device_map={"": _local_device()} if profile.n_gpus else "cpu")
     model = getattr(transformers, adapter.model_class).from_pretrained(adapter.source, **kw)
     if cfg.quantization:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})  # DDP-safe
     model = get_peft_model(model, LoraConfig(**cfg.lora_kwargs()))
     return model, adapter.load_processor(), "transformers"
 
@@ -715,10 +771,10 @@ def load_lora_model(adapter, cfg: LoraRecipeConfig, profile):
     if cfg.quantization:
         if not profile.n_gpus:
             raise ValueError(f"quantization={cfg.quantization!r} needs a GPU for training here; use quantization=None on CPU")
-        kw.update(quantization_config=quantization_config(cfg.quantization), device_map={"": 0})
+        kw.update(quantization_config=quantization_config(cfg.quantization), device_map={"": _local_device()})
     model = getattr(transformers, adapter.model_class).from_pretrained(adapter.source, **kw)
     if cfg.quantization:
-        model = prepare_model_for_kbit_training(model)
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(**cfg.lora_kwargs()))
     return model, adapter.load_processor()
 
@@ -798,8 +854,10 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
              max_steps: int | None = None, run: str | None = None, session_hours: float = 12.0, margin_minutes: float = 25.0,
              resume: bool = True, seed: int = 42, budget: TimeBudget | None = None, checkpoint_minutes: float = 30.0,
              save_steps: int | None = None, num_workers: int | None = None, predict_test: bool = True, verbose: bool = True, callbacks=(),
-             **overrides) -> dict:
+             processes: int | None = None, **overrides) -> dict:
     "Fine-tune `model` with `recipe`/`config` on WORK's train split; resumable; writes adapter, logs, curves, test predictions."
+    # processes: DDP processes, one per GPU (None: every visible GPU, 1 on a CPU); more than 1 relaunches this
+    # very call through `accelerate launch` and returns rank 0's result (see `launch_finetune`)
     from transformers import TrainingArguments
     from abovqa.infer import images_root, load_questions, predict
     from abovqa.models import POSTPROCESSORS, get_adapter
@@ -845,6 +903,24 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
             result["test_exact_match"] = _test_exact_match(preds, work) if task == "vqa" else None
         return result | {"resumed_from": None, "already_complete": True}
 
+    rank, world = dist_info()
+    if world == 1 and resolve_processes(processes, profile) > 1:  # the notebook's process: start the ranks, then predict
+        if callbacks:
+            raise ValueError("callbacks are Python objects and cannot reach the launched processes: pass processes=1 to use them")
+        result = launch_finetune(work, resolve_processes(processes, profile), recipe=recipe, config=config, model=model_name,
+                                 size=size, max_steps=max_steps, run=run, seed=seed, budget=budget, resume=resume,
+                                 checkpoint_minutes=checkpoint_minutes, save_steps=save_steps, num_workers=num_workers,
+                                 verbose=verbose, profile=profile, overrides=overrides)
+        if predict_test and result.get("status") == "complete":  # here, not in rank 0: `predict` shards over every GPU itself
+            preds = predict(work, model_name, size, split="test", adapter_dir=adapter_dir, run=run, seed=seed, progress=False,
+                            use_options=cfg.use_options, task=task)
+            result |= {"predictions": str(work / "predictions" / f"{run}.parquet"),
+                       "test_exact_match": _test_exact_match(preds, work) if task == "vqa" else None}
+            atomic_write_json(done_file, result)
+        return result | {"seconds": round(time.time() - started, 2)}
+    main_rank = rank == 0  # under DDP only rank 0 writes the run's files and prints; predictions are the launcher's
+    predict_test, verbose = predict_test and world == 1, verbose and main_rank
+
     seed_everything(seed)
     train_ds, val_ds = (training_dataset(work, split, adapter, cfg.use_options) for split in ("train", "val"))
     backend, outside_vocab = "transformers", None
@@ -858,7 +934,8 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     resume_from = latest_checkpoint(run, work) if resume else None
     resume_step = checkpoint_step(resume_from) if resume_from else None
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_file, {"run": run, "fingerprint": fingerprint, "settings": settings})
+    if main_rank:
+        atomic_write_json(run_file, {"run": run, "fingerprint": fingerprint, "settings": settings})
 
     precision = precision_settings(profile)
     guard = NonFiniteGuard(grad_patience=10 if precision["fp16"] else 0)
@@ -876,7 +953,8 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         metric_for_best_model=cfg.metric_for_best_model, greater_is_better=cfg.metric_for_best_model != "loss",
         logging_steps=cfg.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=not verbose,
         remove_unused_columns=False, label_names=["labels"],
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),  # only when on: the name is deprecated in v5
+        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}  # non-reentrant: DDP-safe
+           if cfg.gradient_checkpointing else {}),  # only when on: the name is deprecated in v5
         **optimizer_settings(cfg, profile),
         **precision, **loader_settings(profile, num_workers))
     session_callbacks = [planner, session, *callbacks, guard]  # the guard last: it has the final word on saving
@@ -915,8 +993,9 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         planner.make_plan(trainer.state)
 
     history = pd.DataFrame(trainer.state.log_history)
-    atomic_write_json(ckpt_dir / "log_history.json", trainer.state.log_history)
-    figures = _plot_curves(history, work / "figures" / f"finetune_{run}", f"{run} ({cfg.name})") if len(history) else []
+    if main_rank:
+        atomic_write_json(ckpt_dir / "log_history.json", trainer.state.log_history)
+    figures = _plot_curves(history, work / "figures" / f"finetune_{run}", f"{run} ({cfg.name})") if len(history) and main_rank else []
     result = {
         "run": run, "recipe": recipe, "config": cfg.name, "model": model_name, "size": size, "fingerprint": fingerprint,
         "profile": profile.name, "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
@@ -927,25 +1006,30 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         "samples_per_s": output.metrics.get("train_samples_per_second"), "train_seconds": output.metrics.get("train_runtime"),
         "plan": asdict(planner.plan) if planner.plan else None, "n_train": len(train_ds), "n_val": len(val_ds),
         "n_skipped": _skipped(train_ds) + _skipped(val_ds), "figures": [str(f) for f in figures],
-        "backend": backend, "use_options": cfg.use_options, "task": task, "optim": args.get("optim", "adamw_torch"),
+        "backend": backend, "use_options": cfg.use_options, "task": task, "optim": args.get("optim", "adamw_torch"), "processes": world,
+        "effective_batch": cfg.batch_size * cfg.gradient_accumulation_steps * world,
         "n_outside_vocab": None if outside_vocab is None else len(outside_vocab),
         "outside_vocab_examples": None if outside_vocab is None else outside_vocab.answer.value_counts().head(10).to_dict(),
         "checkpoints": str(ckpt_dir), "adapter_dir": None, "predictions": None, "test_exact_match": None,
     }
     if guard.tripped:
         good = latest_checkpoint(run, work, roots=[])
-        atomic_write_json(ckpt_dir / "last_result.json", result | {"status": "non_finite", "reason": guard.tripped})
+        if main_rank:
+            atomic_write_json(ckpt_dir / "last_result.json", result | {"status": "non_finite", "reason": guard.tripped})
         raise NonFiniteTrainingError(f"training of {run!r} stopped: {guard.tripped}. Nothing was saved from that step; "
                                      f"the last good checkpoint is {good or 'none (stopped before the first save)'}. "
                                      "Lower the learning rate, or train in fp32/bf16, and re-run to resume from it.")
     if session.stopped_for_budget and trainer.state.global_step < trainer.state.max_steps:
         result |= {"status": "stopped_for_budget", "stopped_at_step": session.stopped_at,
                    "resume_from": str(latest_checkpoint(run, work, roots=[]))}
-        atomic_write_json(ckpt_dir / "last_result.json", result)
+        if main_rank:
+            atomic_write_json(ckpt_dir / "last_result.json", result)
         if verbose:
             print(f"session budget reached: checkpoint saved at step {session.stopped_at}; run the same call to resume", flush=True)
         return result
 
+    if not main_rank:  # the other ranks trained the same model; rank 0 writes it
+        return result | {"status": "complete", "adapter_dir": str(adapter_dir)}
     _save_adapter(trainer.model, adapter_dir)  # the best model: the Trainer reloaded it at the end
     history.to_csv(adapter_dir / "log_history.csv", index=False)
     atomic_write_json(adapter_dir / "log_history.json", trainer.state.log_history)
@@ -960,3 +1044,192 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     result["seconds"] = round(time.time() - started, 2)
     atomic_write_json(done_file, result)
     return result
+
+# %% ../nbs/08_finetune.ipynb #55656611
+def resolve_processes(processes: int | str | None, profile=None) -> int:
+    "How many training processes: None/'auto' -> one per visible GPU (1 on a CPU); more than the GPUs is an error."
+    profile = profile or detect_hardware()
+    if processes is None or processes == "auto":
+        return max(1, profile.n_gpus)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be a positive int, None or 'auto', not {processes!r}")
+    if profile.n_gpus and processes > profile.n_gpus:
+        raise ValueError(f"processes={processes} but {profile.n_gpus} GPU(s) visible: DDP runs one process per GPU")
+    return processes
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# the launcher process runs accelerate's `launch` after asking the kernel to SIGTERM it when its parent
+# (the notebook) dies; torch's agent then stops the ranks. runpy, not exec, so the setting stays with this process.
+_LAUNCHER = ("import ctypes, runpy, signal, sys\n"
+             "try:\n    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+             "except Exception:\n    pass\n"
+             "sys.argv = ['accelerate launch', *sys.argv[1:]]\n"
+             "runpy.run_module('accelerate.commands.launch', run_name='__main__', alter_sys=True)\n")
+
+
+def launch_command(processes: int, program_args: list, profile=None, port: int | None = None) -> list[str]:
+    "The `accelerate launch --multi_gpu` command that runs `python -m abovqa.finetune program_args` in `processes` processes."
+    import sys
+    profile = profile or detect_hardware()
+    mixed = "fp16" if profile.fp16 else "bf16" if profile.bf16 else "no"  # the Trainer's own choice (precision_settings)
+    return [sys.executable, "-c", _LAUNCHER, "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", mixed, "--dynamo_backend", "no", "--main_process_port", str(port or _free_port()),
+            "-m", "abovqa.finetune", *map(str, program_args)]
+
+
+def _program_args(work, recipe, config, model, size, max_steps, run, seed, budget: TimeBudget, resume, checkpoint_minutes,
+                  save_steps, num_workers, verbose, overrides: dict, result_file) -> list[str]:
+    "`finetune`'s arguments as the command line `main` parses (the budget as its absolute start, so every rank shares it)."
+    args = ["--work", work, "--recipe", recipe, "--size", size, "--seed", seed, "--session-hours", budget.hours,
+            "--margin-minutes", budget.margin_minutes, "--budget-start", repr(budget.start),
+            "--checkpoint-minutes", checkpoint_minutes, "--result", result_file, "--no-predict"]
+    for flag, value in (("--config", config), ("--model", model), ("--max-steps", max_steps), ("--run", run),
+                        ("--save-steps", save_steps), ("--num-workers", num_workers)):
+        if value is not None:
+            args += [flag, value]
+    args += [] if resume else ["--no-resume"]
+    args += [] if verbose else ["--quiet"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return [str(a) for a in args]
+
+
+def _stop_process(proc, grace: float = 30.0):
+    "SIGTERM (torch's agent then stops its ranks), SIGKILL after `grace` seconds."
+    import signal
+    import subprocess
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def launch_finetune(work, processes: int, *, recipe: str, run: str, budget: TimeBudget, config: str | None = None,
+                    model: str | None = None, size: str = "tiny", max_steps: int | None = None, seed: int = 42,
+                    resume: bool = True, checkpoint_minutes: float = 30.0, save_steps: int | None = None,
+                    num_workers: int | None = None, verbose: bool = True, profile=None, overrides: dict | None = None) -> dict:
+    "`finetune` in `processes` DDP processes started by `accelerate launch`, their output streamed here; rank 0's result."
+    import subprocess
+    import sys
+    import abovqa
+    started = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="abovqa-launch-"))
+    result_file = tmp / "result.json"
+    cmd = launch_command(processes, _program_args(work, recipe, config, model, size, max_steps, run, seed, budget, resume,
+                                                  checkpoint_minutes, save_steps, num_workers, verbose, overrides or {},
+                                                  result_file), profile)
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    package_root = str(Path(abovqa.__file__).resolve().parents[1])  # the ranks import this very abovqa (a checkout too)
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+    if verbose:
+        print(f"launching {processes} training processes: accelerate launch --multi_gpu --num_processes {processes} "
+              f"-m abovqa.finetune --run {run} ...", flush=True)
+    tail = ""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        while chunk := os.read(proc.stdout.fileno(), 1 << 14):
+            text = chunk.decode(errors="replace")
+            tail = (tail + text)[-12_000:]
+            sys.stdout.write(text)  # always: warnings and errors of the ranks belong in the cell (verbose=False quiets the ranks)
+            sys.stdout.flush()
+        code = proc.wait()
+    except BaseException:  # an interrupted cell stops the ranks instead of leaving them on the GPUs
+        _stop_process(proc)
+        raise
+    finally:
+        proc.stdout.close()
+    try:
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if result and result.get("status") == "non_finite":
+        raise NonFiniteTrainingError(result["error"])
+    if code != 0 or result is None:
+        raise RuntimeError(f"the {processes} training processes failed (exit status {code}); their output ended with:\n{tail[-4000:]}")
+    return result | {"launch_seconds": round(time.time() - started, 2)}
+
+
+def _die_with_parent():
+    "A launched rank dies when its launcher does (Linux), so no rank outlives a killed session holding a GPU."
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    "`python -m abovqa.finetune ...`: the program every launched rank runs (by hand too: one process unless launched)."
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m abovqa.finetune", description="finetune() as a command: what accelerate launch runs")
+    p.add_argument("--work", required=True)
+    p.add_argument("--recipe", default="blip-lora")
+    p.add_argument("--config")
+    p.add_argument("--model")
+    p.add_argument("--size", default="full", choices=["tiny", "full"])
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--run")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--save-steps", type=int)
+    p.add_argument("--checkpoint-minutes", type=float, default=30.0)
+    p.add_argument("--session-hours", type=float, default=12.0)
+    p.add_argument("--margin-minutes", type=float, default=25.0)
+    p.add_argument("--budget-start", type=float, help="the session's start (epoch seconds); default: this session's")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--processes", type=int, help="DDP processes (default: one per GPU, 1 on a CPU)")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-predict", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config setting, e.g. learning_rate=1e-4")
+    p.add_argument("--result", help="rank 0 writes the result here as JSON")
+    a = p.parse_args(argv)
+    overrides = {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set takes KEY=JSON, not {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare string: --set lr_scheduler_type=cosine
+    if dist_info()[1] > 1:
+        _die_with_parent()
+    budget = TimeBudget(a.session_hours, a.margin_minutes, a.budget_start) if a.budget_start else None
+    try:
+        result = finetune(a.work, a.recipe, a.config, a.model, a.size, a.max_steps, a.run, session_hours=a.session_hours,
+                          margin_minutes=a.margin_minutes, resume=not a.no_resume, seed=a.seed, budget=budget,
+                          checkpoint_minutes=a.checkpoint_minutes, save_steps=a.save_steps, num_workers=a.num_workers,
+                          predict_test=not a.no_predict, verbose=not a.quiet, processes=a.processes, **overrides)
+    except NonFiniteTrainingError as e:
+        if a.result and is_main_process():
+            atomic_write_json(a.result, {"status": "non_finite", "error": str(e)})
+        print(f"error: {e}", flush=True)
+        return 3
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if is_main_process():
+        if a.result:
+            atomic_write_json(a.result, result)
+        elif not a.quiet:
+            print(json.dumps({k: result.get(k) for k in ("run", "status", "global_step", "processes", "test_exact_match")}))
+    return 0
+
+# %% ../nbs/08_finetune.ipynb #d269086c
+# Only `python -m abovqa.finetune` (what accelerate launch runs) gives this module that spec; a notebook
+# kernel or nbdev_test running this notebook is "__main__" too, without it.
+if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", None) == "abovqa.finetune":
+    import sys
+    sys.exit(main())

@@ -601,8 +601,10 @@ class GenerativeVlmAdapter(Adapter):
     def _predict(self, items):
         self.processor.tokenizer.padding_side = "left"
         batch = self.processor(images=[it["image"] for it in items], text=self.texts(items), return_tensors="pt", padding=True)
-        for key in [k for k in batch if k.endswith("token_type_ids")]:
+        for key in [k for k in batch if k.endswith("token_type_ids") and k != "mm_token_type_ids"]:
             batch.pop(key)  # BERT-style tokenizers (the tiny presets) add them; decoders take none
+        # but Qwen2.5-VL's mm_token_type_ids stay: they place the image tokens in its 3D rotary positions (TRL passes them
+        # in training too); without them generation falls back to plain 1D positions that also count the left padding
         settings = self.generation_settings
         if self.size == "tiny" and self.spec.tiny_words_only:
             settings["suppress_tokens"] = _markup_token_ids(self.processor.tokenizer)
@@ -768,7 +770,8 @@ def _build_tiny_qwen(path: Path):
 
 
 register(ModelSpec("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "instruct", "strip_answer", max_new_tokens=10,
-                   large=True, notes="Qwen2.5-VL 7B Instruct; verbose, so its first answer word is kept."))
+                   large=True, tiny_words_only=True,  # the tiny preset ends its answers with <|im_end|>: see "More adapters"
+                   notes="Qwen2.5-VL 7B Instruct; verbose, so its first answer word is kept."))
 ADAPTERS["qwen2_5_vl"] = Qwen25VlAdapter
 
 # %% ../nbs/05_models.ipynb #329122a9
