@@ -533,6 +533,7 @@ class ClipZeroShotAdapter(Adapter):
         return f"clip-{self.regime}-{cands}{opts}@{PROMPTS_VERSION}/{self.spec.postprocess}"
 
     def _text_embeddings(self, question: str, candidates: list):
+        "(len(candidates), dim) unit text embeddings on the device in the model's dtype, cached per (question, candidates)."
         import torch
         key = (question, tuple(candidates))
         if self.cache_text and key in self._text_cache:
@@ -543,25 +544,35 @@ class ClipZeroShotAdapter(Adapter):
         chunks = []
         for i in range(0, len(texts), 256):
             batch = self.processor(text=texts[i:i + 256], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            chunks.append(_features(self.model.get_text_features(**batch.to(self.device))).float())
+            chunks.append(_features(self.model.get_text_features(**batch.to(self.device))))
         self.text_encodings += len(texts)
         emb = torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
         if self.cache_text:
             self._text_cache[key] = emb
         return emb
 
+    def _candidates(self, item) -> list:
+        options = item.get("options")
+        return [str(o) for o in options] if self.use_options and options is not None and len(options) else self.candidates
+
     def _predict(self, items):
         import torch
         if self.candidates is None:
             raise RuntimeError("the 'all' regime needs prepare(qa) first: it takes the candidates from the reference answers")
         pixels = self.processor(images=[it["image"] for it in items], return_tensors="pt")
-        images = torch.nn.functional.normalize(_features(self.model.get_image_features(**self._to_device(pixels))).float(), dim=-1)
-        out = []
-        for image, item in zip(images, items):
-            options = item.get("options")
-            candidates = [str(o) for o in options] if self.use_options and options is not None and len(options) else self.candidates
-            scores = self._text_embeddings(item["question"], candidates) @ image
-            out.append(candidates[int(torch.argmax(scores))])
+        images = torch.nn.functional.normalize(_features(self.model.get_image_features(**self._to_device(pixels))), dim=-1)
+        # rows of the batch that share a question (and candidates) are scored by one matmul; without the
+        # cache every row is its own group, so the seed's way re-encodes the texts for every question
+        groups: dict = {}
+        for i, item in enumerate(items):
+            candidates = self._candidates(item)
+            key = (item["question"], tuple(candidates)) if self.cache_text else i
+            groups.setdefault(key, (item["question"], candidates, []))[2].append(i)
+        out = [None] * len(items)
+        for question, candidates, rows in groups.values():
+            best = (images[rows] @ self._text_embeddings(question, candidates).T).argmax(dim=-1).tolist()
+            for i, b in zip(rows, best):
+                out[i] = candidates[b]
         return out
 
 
@@ -743,9 +754,17 @@ class Qwen25VlAdapter(ChatVlmAdapter):
     def load_processor(self, source=None):
         "The processor of `source` (default: this adapter's weights), through the class that can read it."
         source = source or self.source
-        if self.size == "tiny":  # tiny presets (and fine-tunes of them) saved the video-less processor
+        # tiny presets, fine-tunes of them and full-size random checkpoints (benchmarks/full_size.py) saved the video-less
+        # processor; AutoProcessor would silently return the bare tokenizer for them
+        if self.size == "tiny" or _saved_processor_class(source) == "TinyQwenProcessor":
             return _tiny_qwen_processor_class().from_pretrained(source)
         return super().load_processor(source)
+
+
+def _saved_processor_class(source) -> str | None:
+    "The processor class a local checkpoint directory was saved with (None for a hub id or without one)."
+    config = Path(source) / "processor_config.json"
+    return json.loads(config.read_text()).get("processor_class") if config.is_file() else None
 
 
 @_tiny_builder("qwen2_5_vl")
