@@ -628,15 +628,17 @@ def latest_checkpoint(run: str, work, roots=None) -> Path | None:
     return copied
 
 # %% ../nbs/08_finetune.ipynb #6cd44a2b
-def qlora_skip_modules(model_class: str, source: str, multiple: int = 64) -> list[str]:
-    "Names of the Linear layers of `model_class` whose in_features is not a multiple of `multiple` (found on an empty model)."
+def qlora_skip_modules(model_class: str, source: str, multiple: int = 64, out_multiple: int | None = 32) -> list[str]:
+    "Names of the Linear layers of `model_class` whose in_features (a multiple of 64) or out_features (of 32; None: any) bitsandbytes' CPU kernels cannot take (found on an empty model)."
     import torch
     import transformers
     from accelerate import init_empty_weights
     config = transformers.AutoConfig.from_pretrained(source)
     with init_empty_weights():  # meta tensors: the architecture without its weights
         model = getattr(transformers, model_class)._from_config(config)
-    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features % multiple]
+    # out_features too on a CPU: Qwen2.5-VL's vision MLP has 3420 outputs, which the CPU 4-bit kernels refuse (CUDA takes them)
+    return [name for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and (m.in_features % multiple or (out_multiple and m.out_features % out_multiple))]
 
 
 def _local_device() -> int:
@@ -682,7 +684,7 @@ def load_qlora_model(adapter, cfg: LoraRecipeConfig, profile, seed: int = 42):
     if cfg.quantization:
         if cfg.quantization != "4bit":
             raise ValueError(f"vlm-qlora quantizes to '4bit' (or None), not {cfg.quantization!r}")
-        skip = qlora_skip_modules(adapter.model_class, adapter.source) + ["lm_head"]  # the head stays full precision (QLoRA's)
+        skip = qlora_skip_modules(adapter.model_class, adapter.source, out_multiple=None if profile.n_gpus else 32) + ["lm_head"]  # the head stays full precision (QLoRA's)
         kw.update(quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
             llm_int8_skip_modules=skip), device_map={"": _local_device()} if profile.n_gpus else "cpu")
