@@ -262,19 +262,21 @@ TINY_IMAGE_SIZE = 64
 
 
 @_tiny_builder("blip")
-def _build_tiny_blip(path: Path):
-    from transformers import BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil, BlipProcessor
+def _build_tiny_blip(path: Path, model_class: str = "BlipForQuestionAnswering", max_positions: int = 128):
+    "A tiny BLIP of `model_class` (the VQA head here; the captioning head in \"Captioning\") with the tiny tokenizer."
+    import transformers
+    from transformers import BlipConfig, BlipImageProcessorPil, BlipProcessor
     tok = tiny_tokenizer()
     vocab = tok.get_vocab()
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     config = BlipConfig(
-        text_config=dict(small, vocab_size=len(vocab), max_position_embeddings=128, pad_token_id=vocab["[PAD]"],
+        text_config=dict(small, vocab_size=len(vocab), max_position_embeddings=max_positions, pad_token_id=vocab["[PAD]"],
                          bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"]),
         vision_config=dict(small, image_size=TINY_IMAGE_SIZE, patch_size=8),
         projection_dim=32)
     processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
                               tokenizer=tok)
-    _save(path, BlipForQuestionAnswering(config), processor)
+    _save(path, getattr(transformers, model_class)(config), processor)
 
 # %% ../nbs/05_models.ipynb #6c64158e
 def quantization_config(kind: str | None, compute_dtype: str = "float16"):
@@ -947,17 +949,7 @@ class BlipCaptionAdapter(Adapter):
 
 @_tiny_builder("blip_caption")
 def _build_tiny_blip_caption(path: Path):
-    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
-    tok = tiny_tokenizer()
-    vocab = tok.get_vocab()
-    config = BlipConfig(
-        text_config=dict(_TINY_LAYERS, vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=vocab["[PAD]"],
-                         bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"]),
-        vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8),
-        projection_dim=32)
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
-                              tokenizer=tok)
-    _save(path, BlipForConditionalGeneration(config), processor)
+    _build_tiny_blip(path, "BlipForConditionalGeneration", max_positions=512)  # room for a 60-token caption after the prompt
 
 
 register(ModelSpec("blip-caption-base", "Salesforce/blip-image-captioning-base", "blip_caption", "bare", "caption_text",

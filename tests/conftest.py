@@ -43,3 +43,22 @@ def fresh_work(study: Path, tmp_path: Path, name: str = "w") -> Path:
     for stage in ("curated", "qa"):
         shutil.copytree(study / stage, work / stage)
     return work
+
+
+def kill_mid_run(script: Path, work: Path, cache: Path, at_least: int, timeout: float = 120) -> int:
+    "Run `python script work`, SIGKILL it once `cache` holds `at_least` records, and return how many it holds then."
+    import os
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen([sys.executable, str(script), str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    count = lambda: sum(1 for p in cache.glob("*.jsonl") for _ in open(p))
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if count() >= at_least:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return count()

@@ -1,17 +1,14 @@
 """Captioning on the sample with tiny models: an oversized image is captioned, not fatal; a killed caption run resumes exactly."""
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
+
+from conftest import kill_mid_run
 
 from abovqa.captions import generate_captions
 from abovqa.infer import load_questions, predict, select_questions
@@ -74,18 +71,9 @@ def test_sigkill_mid_caption_run_then_resume_gives_the_uninterrupted_result(capt
                         run="killed", progress=False, **SELECTION)
     script = tmp_path / "slow_captions.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(caption_work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     cache = caption_work / "predictions" / ".cache" / "killed"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if sum(1 for p in cache.glob("*.jsonl") for _ in open(p)) >= 8:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read().decode()[-2000:]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    n_done = kill_mid_run(script, caption_work, cache, at_least=8)
     assert not (caption_work / "predictions" / "killed.parquet").exists(), "killed before writing the file"
-    n_done = sum(1 for p in cache.glob("*.jsonl") for _ in open(p))
     assert 8 <= n_done < len(reference)
 
     resumed = predict(caption_work, "blip-caption-base", task="caption", batch_size=2, run="killed", progress=False, **SELECTION)

@@ -39,7 +39,7 @@ def test_qlora_is_really_4bit(model):
 def test_qlora_qwen_learns_saves_reloads_predicts(study, tmp_path):
     import torch
     from abovqa.finetune import finetune
-    from abovqa.infer import load_image, predict
+    from abovqa.infer import predict
     from abovqa.models import get_adapter
     work = fresh_work(study, tmp_path)
     result = finetune(work, "vlm-qlora", model="qwen2.5-vl-7b", max_steps=40, verbose=False, num_workers=0)

@@ -1,19 +1,15 @@
 """abovqa.infer with real tiny models on real files: cache, kill/resume, OOM backoff, bad images, workers, notebook."""
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, kill_mid_run
 
 from abovqa.core import atomic_write_json, atomic_write_parquet, content_hash
 from abovqa.infer import PREDICTION_COLUMNS, predict
@@ -128,18 +124,9 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(work, tmp_pa
     reference = predict(shutil.copytree(work, tmp_path / "reference"), "blip-vqa-base", batch_size=2, run="killed", progress=False)
     script = tmp_path / "slow_predict.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     cache = work / "predictions" / ".cache" / "killed"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if sum(1 for p in cache.glob("*.jsonl") for _ in open(p)) >= 6:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read().decode()[-2000:]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    n_done = kill_mid_run(script, work, cache, at_least=6)
     assert not (work / "predictions" / "killed.parquet").exists(), "killed before writing the file"
-    n_done = sum(1 for p in cache.glob("*.jsonl") for _ in open(p))
     assert 6 <= n_done < len(reference)
 
     resumed = predict(work, "blip-vqa-base", batch_size=2, run="killed", progress=False)

@@ -202,7 +202,7 @@ def test_pipeline_notebook_runs_standalone(tmp_path):
 
 def test_hf_backend_runs_a_local_vlm_from_the_same_prompts(work):
     "A tiny random LLaVA through abovqa.models: prompt in, raw text recorded; unparseable babble is a failure, retried."
-    from abovqa.qagen import PROMPTS, HFBackend
+    from abovqa.qagen import HFBackend
     backend = HFBackend(model="llava-1.5-7b", size="tiny", prompt="seed001-p3", max_new_tokens=12)
     assert backend.adapter.prompt({"question": "Q?", "options": None}) == "Q?"      # the prompt goes in unwrapped
     assert generate(work, backend=backend, max_images=3, verbose=False).empty

@@ -1,7 +1,6 @@
 """abovqa.sample: an ABO-format tree that is deterministic, has the real quirks, and whose pictures show their metadata."""
 import collections
 import gzip
-import hashlib
 import json
 import subprocess
 import sys
