@@ -37,7 +37,7 @@ demo: $(STAMP)
 # Library notebooks run their own asserts (nbdev_test); tests/ holds the integration suite.
 test: $(STAMP) chromium
 	$(BIN)/nbdev_test --n_workers 2 --timing
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=12 tests
 
 docs: $(STAMP)
 	$(BIN)/abovqa docs _site $(if $(wildcard $(WORK)/notebooks),--work $(WORK))

@@ -20,13 +20,13 @@ from .core import atomic_write_parquet, atomic_write_text
 # %% auto #0
 __all__ = ['VQA_CONTRACTIONS', 'VQA_NUMBER_WORDS', 'VQA_ARTICLES', 'VQA_PUNCTUATION', 'WORDNET_LEXNAMES', 'DEBIAN_WORDNET',
            'HEDGES', 'ANSWER_FORMS', 'LEXICAL_METRICS', 'WORDNET_METRICS', 'MODEL_METRICS', 'BOUNDED_METRICS',
-           'QA_COLUMNS', 'CAPTION_ONLY_METRICS', 'CAPTION_WORD_RANGE', 'vqa_normalize', 'exact_match', 'vqa_accuracy',
-           'token_f1', 'word_overlap_f1', 'rouge_l', 'bleu', 'packaged_minilm_path', 'semantic_cosine', 'bertscore',
-           'bertscore_f1', 'ensure_wordnet', 'meteor', 'wup_words', 'wups', 'tiny_bart_path', 'bart_loglik',
-           'bart_score', 'bootstrap_means', 'bootstrap_ci', 'paired_bootstrap', 'mcnemar', 'answer_words',
-           'answer_form', 'is_hedged', 'answer_forms', 'score_predictions', 'metric_columns', 'summarize', 'run_task',
-           'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'caption_tokens', 'sentence_count',
-           'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions', 'evaluate_captions']
+           'QA_COLUMNS', 'CAPTION_ONLY_METRICS', 'CAPTION_WORD_RANGE', 'CAPTION_SUMMARY_METRICS', 'vqa_normalize',
+           'exact_match', 'vqa_accuracy', 'token_f1', 'word_overlap_f1', 'rouge_l', 'bleu', 'packaged_minilm_path',
+           'semantic_cosine', 'bertscore', 'bertscore_f1', 'ensure_wordnet', 'meteor', 'wup_words', 'wups',
+           'tiny_bart_path', 'bart_loglik', 'bart_score', 'bootstrap_means', 'bootstrap_ci', 'paired_bootstrap',
+           'mcnemar', 'answer_words', 'answer_form', 'is_hedged', 'answer_forms', 'score_predictions', 'metric_columns',
+           'summarize', 'run_task', 'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'caption_tokens',
+           'sentence_count', 'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions', 'evaluate_captions']
 
 # %% ../nbs/07_metrics.ipynb #45cb5378
 VQA_CONTRACTIONS = {
@@ -656,6 +656,7 @@ def comparison_table(result: dict) -> pd.DataFrame:
 
 # %% ../nbs/07_metrics.ipynb #66c09f82
 CAPTION_WORD_RANGE = (15, 30)
+CAPTION_SUMMARY_METRICS = ("bleu4", "meteor", "rouge_l", "cider", "bertscore_f1", "length_ok", "single_sentence")  # the printed table
 _CAPTION_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _SENTENCE_BREAK = re.compile(r"[.!?](?:\s+|$)(?=\S)")
 
@@ -761,8 +762,7 @@ def evaluate_captions(work, runs: list[str] | None = None, semantic=None, bertsc
     summary = pd.concat(summaries, ignore_index=True)
     atomic_write_text(work / "metrics" / "captions_summary.csv", summary.to_csv(index=False))
     if verbose:
-        print(format_summary(summary, metrics=[m for m in ["bleu4", "meteor", "rouge_l", "cider", "bertscore_f1", "length_ok",
-                                                            "single_sentence"] if m in summary.columns]))
+        print(format_summary(summary, metrics=[m for m in CAPTION_SUMMARY_METRICS if m in summary.columns]))
         for metric, reason in sorted(skipped.items()):
             print(f"skipped {metric}: {reason}")
     return summary

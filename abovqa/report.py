@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .core import atomic_write_text
-from .metrics import ANSWER_FORMS, bootstrap_ci, compare_runs, comparison_table, format_summary
+from .metrics import ANSWER_FORMS, CAPTION_SUMMARY_METRICS, bootstrap_ci, compare_runs, comparison_table, format_summary
 
 # %% auto #0
 __all__ = ['METRIC_LABELS', 'UNBOUNDED_METRICS', 'FIGURE_ORDER', 'save_figure', 'plot_qtype_accuracy', 'plot_model_comparison',
@@ -420,9 +420,17 @@ FIGURE_ORDER = ("curate_product_types", "qtype_accuracy", "model_comparison", "m
 
 
 def print_summary(work) -> pd.DataFrame:
-    "Print the run comparison table (mean [95% CI] per metric) of WORK/metrics/summary.csv; return the summary."
-    summary, _ = _read_metrics(work)
-    print(format_summary(summary))
+    "Print the run comparison tables (mean [95% CI] per metric) of WORK/metrics/summary.csv and captions_summary.csv; return the VQA one (else the captions one)."
+    metrics = Path(work) / "metrics"
+    captions_path = metrics / "captions_summary.csv"
+    summary = None
+    if (metrics / "summary.csv").exists() or not captions_path.exists():
+        summary, _ = _read_metrics(work)
+        print(format_summary(summary))
+    if captions_path.exists():
+        captions = pd.read_csv(captions_path)
+        print("\ncaptions:\n" + format_summary(captions, metrics=[m for m in CAPTION_SUMMARY_METRICS if m in captions.columns]))
+        summary = captions if summary is None else summary
     return summary
 
 
