@@ -25,13 +25,13 @@ from .core import TimeBudget, atomic_write_json, content_hash, detect_hardware, 
 # %% auto #0
 __all__ = ['BLIP_TIED_HEAD', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES', 'LoraRecipeConfig', 'Recipe',
            'get_recipe', 'resolve_config', 'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split',
-           'training_dataset', 'loader_settings', 'precision_settings', 'SessionPlan', 'plan_session', 'dist_info',
-           'is_main_process', 'rank0_decides', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError',
-           'NonFiniteGuard', 'GuardedSteps', 'VqaTrainer', 'exact_match_metric', 'label_accuracy_metric',
-           'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'file_lock', 'latest_checkpoint',
-           'qlora_skip_modules', 'unsloth_available', 'load_qlora_model', 'sft_rows', 'sft_trainer_class',
-           'vilt_label_ids', 'LabelledSubset', 'ViltCollator', 'load_lora_model', 'torch_threads', 'finetune',
-           'resolve_processes', 'launch_command', 'launch_finetune', 'main']
+           'training_dataset', 'loader_settings', 'precision_settings', 'SessionPlan', 'plan_session',
+           'distributed_batch', 'dist_info', 'is_main_process', 'rank0_decides', 'SessionBudgetCallback',
+           'PlannerCallback', 'NonFiniteTrainingError', 'NonFiniteGuard', 'GuardedSteps', 'VqaTrainer',
+           'exact_match_metric', 'label_accuracy_metric', 'verify_checkpoint', 'checkpoint_step', 'find_checkpoints',
+           'file_lock', 'latest_checkpoint', 'qlora_skip_modules', 'unsloth_available', 'load_qlora_model', 'sft_rows',
+           'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset', 'ViltCollator', 'load_lora_model', 'torch_threads',
+           'finetune', 'resolve_processes', 'launch_command', 'launch_finetune', 'main']
 
 # %% ../nbs/08_finetune.ipynb #43871e2e
 BLIP_TIED_HEAD = r".*cls\.predictions\.decoder"
@@ -343,6 +343,17 @@ def plan_session(seconds_per_step: float, total_steps: int, done_steps: int, bud
     return SessionPlan(round(seconds_per_step, 4), total_steps, done_steps, this_session, fresh, sessions, every, steps, times)
 
 # %% ../nbs/08_finetune.ipynb #df958dd7
+def distributed_batch(cfg: LoraRecipeConfig, world: int) -> tuple[int, int]:
+    "(batch per device, gradient accumulation) that keep the config's effective batch over `world` processes where it divides."
+    if world <= 1:
+        return cfg.batch_size, cfg.gradient_accumulation_steps
+    if cfg.gradient_accumulation_steps % world == 0:
+        return cfg.batch_size, cfg.gradient_accumulation_steps // world
+    if cfg.batch_size % world == 0:
+        return cfg.batch_size // world, cfg.gradient_accumulation_steps
+    return cfg.batch_size, cfg.gradient_accumulation_steps  # e.g. seed 004's 1 x 8 on 3 GPUs: the effective batch grows
+
+
 def dist_info() -> tuple[int, int]:
     "(rank, world size) of this process: (0, 1) unless started by `accelerate launch` / torchrun."
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -944,10 +955,11 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     session = SessionBudgetCallback(budget, checkpoint_minutes)
     planner = PlannerCallback(budget, checkpoint_minutes, verbose=verbose)
     save_every = save_steps or cfg.eval_steps
+    per_device, accumulation = distributed_batch(cfg, world)
     args = dict(
         output_dir=str(ckpt_dir), seed=seed, data_seed=seed,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=per_device, per_device_eval_batch_size=cfg.batch_size * 2,
+        gradient_accumulation_steps=accumulation, learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type,
         max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=max_steps or -1,
         eval_strategy="steps", eval_steps=save_every, save_strategy="steps", save_steps=save_every,
@@ -1009,7 +1021,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         "plan": asdict(planner.plan) if planner.plan else None, "n_train": len(train_ds), "n_val": len(val_ds),
         "n_skipped": _skipped(train_ds) + _skipped(val_ds), "figures": [str(f) for f in figures],
         "backend": backend, "use_options": cfg.use_options, "task": task, "optim": args.get("optim", "adamw_torch"), "processes": world,
-        "effective_batch": cfg.batch_size * cfg.gradient_accumulation_steps * world,
+        "effective_batch": per_device * accumulation * world, "per_device_batch": per_device, "gradient_accumulation_steps": accumulation,
         "n_outside_vocab": None if outside_vocab is None else len(outside_vocab),
         "outside_vocab_examples": None if outside_vocab is None else outside_vocab.answer.value_counts().head(10).to_dict(),
         "checkpoints": str(ckpt_dir), "adapter_dir": None, "predictions": None, "test_exact_match": None,

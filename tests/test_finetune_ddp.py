@@ -57,8 +57,8 @@ def test_ddp_two_processes_on_cpu_survive_a_kill(study, tmp_path):
     print({k: result[k] for k in ("status", "global_step", "epoch", "processes", "effective_batch", "resumed_from_step",
                                   "samples_per_s", "train_seconds", "launch_seconds", "test_exact_match")})
     assert result["status"] == "complete" and result["global_step"] == 30 and result["resumed_from_step"] in (10, 20)
-    assert result["processes"] == 2 and result["effective_batch"] == 16
-    assert abs(result["epoch"] - 30 / -(-result["n_train"] // 16)) < 1e-6  # an epoch is n_train / (8 x 2 ranks) steps
+    assert result["processes"] == 2 and result["effective_batch"] == 8 and result["per_device_batch"] == 4  # the recipe's 8, split
+    assert abs(result["epoch"] - 30 / -(-result["n_train"] // 8)) < 1e-6  # an epoch has one process's number of steps
     checkpoint = work / "checkpoints" / "ddp" / "checkpoint-30"
     assert {p.name for p in checkpoint.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}  # one per rank
     history = json.loads((work / "adapters" / "ddp" / "log_history.json").read_text())
