@@ -259,6 +259,7 @@ def _save(tmp: Path, model, processor):
 
 # %% ../nbs/05_models.ipynb #84d3263a
 TINY_IMAGE_SIZE = 64
+_TINY_LAYERS = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)  # every tiny transformer
 
 
 @_tiny_builder("blip")
@@ -268,11 +269,10 @@ def _build_tiny_blip(path: Path, model_class: str = "BlipForQuestionAnswering", 
     from transformers import BlipConfig, BlipImageProcessorPil, BlipProcessor
     tok = tiny_tokenizer()
     vocab = tok.get_vocab()
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     config = BlipConfig(
-        text_config=dict(small, vocab_size=len(vocab), max_position_embeddings=max_positions, pad_token_id=vocab["[PAD]"],
+        text_config=dict(_TINY_LAYERS, vocab_size=len(vocab), max_position_embeddings=max_positions, pad_token_id=vocab["[PAD]"],
                          bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"]),
-        vision_config=dict(small, image_size=TINY_IMAGE_SIZE, patch_size=8),
+        vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8),
         projection_dim=32)
     processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
                               tokenizer=tok)
@@ -588,11 +588,10 @@ def _build_tiny_clip(path: Path):
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
     tok = tiny_tokenizer()
     vocab = tok.get_vocab()
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     config = CLIPConfig(
-        text_config=dict(small, vocab_size=len(vocab), max_position_embeddings=128, pad_token_id=vocab["[PAD]"],
+        text_config=dict(_TINY_LAYERS, vocab_size=len(vocab), max_position_embeddings=128, pad_token_id=vocab["[PAD]"],
                          bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"]),  # pooled at the [SEP] token
-        vision_config=dict(small, image_size=TINY_IMAGE_SIZE, patch_size=8), projection_dim=32)
+        vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8), projection_dim=32)
     size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
     processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size=size),
                               tokenizer=tok)
@@ -670,7 +669,6 @@ def _tiny_tokenizer_with_image_token():
     return _tiny_tokenizer_with("<image>")
 
 
-_TINY_LAYERS = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 
 
 def _tiny_clip_vision() -> dict:
@@ -690,10 +688,9 @@ def _build_tiny_blip2(path: Path):
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
     tok = _tiny_tokenizer_with_image_token()
     vocab = tok.get_vocab()
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     config = Blip2Config(
-        vision_config=dict(small, image_size=TINY_IMAGE_SIZE, patch_size=8),
-        qformer_config=dict(small, vocab_size=len(vocab), encoder_hidden_size=32, max_position_embeddings=128),
+        vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8),
+        qformer_config=dict(_TINY_LAYERS, vocab_size=len(vocab), encoder_hidden_size=32, max_position_embeddings=128),
         text_config=dict(model_type="opt", vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=256, pad_token_id=vocab["[PAD]"],
                          bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"]),
