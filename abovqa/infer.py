@@ -53,7 +53,9 @@ def load_image(path, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
     "An RGB PIL image no larger than `max_side`, or `ImageError` saying why not."
     from PIL import Image
     try:
-        with _own_bomb_guard(), Image.open(path) as im:
+        with _own_bomb_guard():  # only the open checks PIL's limit: decoding below runs outside the lock
+            im = Image.open(path)
+        with im:
             width, height = im.size
             im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2-1/8 scale; other formats: no-op
             if im.size[0] * im.size[1] > max_pixels:
