@@ -752,12 +752,14 @@ def evaluate_captions(work, runs: list[str] | None = None, semantic=None, bertsc
         model = preds["model"].iloc[0] if len(preds) else run
         summary = summarize(scored.assign(run=run), ["run"], n_boot=n_boot, seed=seed) if len(scored) else pd.DataFrame([{"run": run, "n": 0, "n_failed": 0}])
         ok = scored["ok"].fillna(False).astype(bool)
-        good = scored[ok]
         summary.insert(1, "model", model)
         summary.insert(2, "kind", _run_info(work, run)["kind"])
-        summary.insert(summary.columns.get_loc("n_failed") + 1, "n_empty", int(good["empty"].sum()) if len(scored) else 0)
-        summary["corpus_bleu4"] = corpus_bleu4(good["prediction"].fillna(""), good["reference"]) if len(good) else 0.0
-        summary["corpus_cider"] = cider_d(list(good["prediction"].fillna("")), list(good["reference"]))[0] if len(good) else 0.0
+        summary.insert(summary.columns.get_loc("n_failed") + 1, "n_empty", int(scored.loc[ok, "empty"].sum()))
+        # corpus scores over every caption, a failed one as empty (as per row): dropping failures would flatter a crashing run.
+        # CIDEr-D's corpus score is the mean of its per-caption scores, already computed by score_captions on the same set.
+        shown = [p if good else "" for p, good in zip(scored["prediction"].fillna(""), ok)]
+        summary["corpus_bleu4"] = corpus_bleu4(shown, scored["reference"]) if len(scored) else 0.0
+        summary["corpus_cider"] = float(scored["cider"].mean()) if len(scored) else 0.0
         summaries.append(summary)
     summary = pd.concat(summaries, ignore_index=True)
     atomic_write_text(work / "metrics" / "captions_summary.csv", summary.to_csv(index=False))
