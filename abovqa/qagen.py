@@ -1073,7 +1073,7 @@ def generate(work, backend="template", prompt: str | None = None, model: str | N
     `task='caption'` writes reference captions instead (`abovqa.captions.generate_captions`, WORK/captions/captions.parquet)."""
     if task == "caption":
         from abovqa.captions import generate_captions
-        return generate_captions(work, backend="metadata" if backend == "template" else backend, prompt=prompt, model=model,
+        return generate_captions(work, backend=backend, prompt=prompt, model=model,
                                  max_images=max_images, seed=seed, batch_size=batch_size, budget=budget, verbose=verbose,
                                  workers=workers, max_failures=max_failures, **backend_options)
     if task != "vqa":

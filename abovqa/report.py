@@ -369,13 +369,12 @@ def plot_caption_gallery(work, runs: list[str] | None = None, k: int = 6, seed: 
         return []
     picked = pd.Series(shared).sample(n=min(k, len(shared)), random_state=seed).sort_values().tolist()
     plt = _plt()
-    from PIL import Image as PILImage
+    from abovqa.infer import ImageError, load_image
     fig, axes = plt.subplots(len(picked), 2, figsize=(11, 2.9 * len(picked)), squeeze=False, gridspec_kw={"width_ratios": [1, 2.6]})
     for (ax_img, ax_text), qa_id in zip(axes, picked):
         first = scored[runs[0]].loc[qa_id]
         path = root / str(first["image_path"])
         if path.exists():
-            from abovqa.infer import ImageError, load_image
             try:
                 ax_img.imshow(load_image(path, max_side=512))
             except ImageError as e:
