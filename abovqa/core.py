@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['KAGGLE_INPUT', 'KAGGLE_WORKING', 'detect_platform', 'work_dir', 'input_roots', 'cache_dir', 'seed_everything',
+__all__ = ['KAGGLE_INPUT', 'KAGGLE_WORKING', 'STAGES', 'STAGE_NEEDS', 'detect_platform', 'work_dir', 'input_roots', 'cache_dir',
+           'MissingStageError', 'Study', 'missing_stage_message', 'ensure_study', 'find_abo_root', 'seed_everything',
            'HardwareProfile', 'profile_for', 'detect_hardware', 'TimeBudget', 'atomic_write', 'atomic_write_text',
            'atomic_write_json', 'atomic_write_parquet', 'content_hash', 'file_fingerprint']
 
@@ -62,6 +64,165 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("ABOVQA_CACHE") or Path.home() / ".cache" / "abovqa")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+# %% ../nbs/00_core.ipynb #59bc0657
+# stage -> (the file or glob that proves it is done, the pipeline step that makes it, what it holds)
+STAGES = {
+    "curated": ("curated/listings.parquet", "10_curate", "curated listings"),
+    "qa": ("qa/qa.parquet", "20_generate_qa", "questions"),
+    "captions": ("captions/captions.parquet", "70_captioning", "reference captions"),
+    "predictions": ("predictions/*.parquet", "30_baselines", "model predictions"),
+    "metrics": ("metrics/summary.csv", "50_evaluate", "scores"),
+}
+# what a stage needs before it (ensure_study brings these too); scores need questions, not the listings
+STAGE_NEEDS = {"curated": (), "qa": ("curated",), "captions": ("curated",), "predictions": ("qa",),
+               "metrics": ("qa", "predictions")}
+
+
+class MissingStageError(FileNotFoundError):
+    "A pipeline step's input is missing: the message names the step that makes it and how to attach it."
+
+
+@dataclass(frozen=True)
+class Study:
+    "Every path of one study's work directory, and the images root curation recorded."
+    work: Path
+
+    def __post_init__(self): object.__setattr__(self, "work", Path(self.work))
+
+    # stage folders and their files
+    @property
+    def curated_dir(self) -> Path: return self.work / "curated"
+    @property
+    def listings(self) -> Path: return self.curated_dir / "listings.parquet"
+    @property
+    def dropped(self) -> Path: return self.curated_dir / "dropped.parquet"
+    @property
+    def stats(self) -> Path: return self.curated_dir / "stats.json"
+    @property
+    def qa_dir(self) -> Path: return self.work / "qa"
+    @property
+    def qa(self) -> Path: return self.qa_dir / "qa.parquet"
+    @property
+    def rejected(self) -> Path: return self.qa_dir / "rejected.parquet"
+    @property
+    def qa_log(self) -> Path: return self.qa_dir / "qa.log.jsonl"
+    @property
+    def captions_dir(self) -> Path: return self.work / "captions"
+    @property
+    def captions(self) -> Path: return self.captions_dir / "captions.parquet"
+    @property
+    def predictions_dir(self) -> Path: return self.work / "predictions"
+    def prediction(self, run: str) -> Path: return self.predictions_dir / f"{run}.parquet"
+    def checkpoints(self, run: str) -> Path: return self.work / "checkpoints" / run
+    def adapters(self, run: str) -> Path: return self.work / "adapters" / run
+    @property
+    def metrics_dir(self) -> Path: return self.work / "metrics"
+    @property
+    def summary(self) -> Path: return self.metrics_dir / "summary.csv"
+    @property
+    def figures_dir(self) -> Path: return self.work / "figures"
+    @property
+    def report(self) -> Path: return self.work / "report" / "index.html"
+    @property
+    def notebooks_dir(self) -> Path: return self.work / "notebooks"
+
+    def runs(self) -> list[str]:
+        "Names of the prediction runs in the study."
+        return sorted(p.stem for p in self.predictions_dir.glob("*.parquet"))
+
+    def has(self, stage: str) -> bool:
+        "Whether `stage` (a key of STAGES) is done in this work directory."
+        return _stage_done(self.work, stage)
+
+    def images_root(self) -> Path:
+        "The folder every `image_path` is relative to, as curation recorded it; a clear error when it is not here."
+        if not self.stats.exists():
+            raise MissingStageError(missing_stage_message("curated", self.work))
+        root = json.loads(self.stats.read_text()).get("images_root")
+        if not root:
+            raise MissingStageError(f"{self.stats} records no images_root: curate again with this version of abovqa")
+        if not Path(root).is_dir():
+            raise MissingStageError(f"the images curation used ({root}) are not on this machine: attach the same ABO "
+                                    "dataset (on Kaggle it mounts at the same /kaggle/input path in every step)")
+        return Path(root)
+
+
+def _stage_done(root: Path, stage: str) -> bool:
+    marker = STAGES[stage][0]
+    return any(root.glob(marker)) if "*" in marker else (root / marker).is_file()
+
+# %% ../nbs/00_core.ipynb #3534382c
+def missing_stage_message(stage: str, work, looked_in=()) -> str:
+    marker, step, what = STAGES[stage]
+    where = ", ".join(str(p) for p in looked_in) or "no attached inputs"
+    return (f"this step needs the {what} ({Path(work) / marker}), which step {step} makes. Run {step} first with the same "
+            f"work directory (`abovqa run`, or the {step} notebook); on Kaggle, attach the output of the {step} kernel as an "
+            f"input (`abovqa kaggle build --all` wires every step to its upstream kernels). Looked in {Path(work)} and {where}.")
+
+
+def _stage_sources(stage: str, roots) -> list[Path]:
+    "Folders under `roots` (the root itself or up to two levels down) that hold a finished `stage`, newest first."
+    found = []
+    for root in map(Path, roots):
+        found += [d for d in (root, *root.glob("*"), *root.glob("*/*")) if d.is_dir() and _stage_done(d, stage)]
+    marker = STAGES[stage][0]
+    newest = lambda p: max((f.stat().st_mtime for f in p.glob(marker)), default=0)
+    return sorted(dict.fromkeys(found), key=newest, reverse=True)
+
+
+def _copy_in(source: Path, target: Path, pattern: str = "*") -> int:
+    "Copy what `source` holds (matching `pattern`, top level) into `target` where missing; a file appears whole or not at all."
+    target.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for item in sorted(source.glob(pattern)):
+        dest = target / item.name
+        if dest.exists():
+            continue
+        tmp = target / f".{item.name}.copying"
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        # copyfile, not copy2: read-only inputs would make read-only copies that the step cannot update
+        shutil.copytree(item, tmp, copy_function=shutil.copyfile) if item.is_dir() else shutil.copyfile(item, tmp)
+        os.replace(tmp, dest)
+        n += 1
+    return n
+
+
+def ensure_study(work, upto: str, resume=(), roots=None, verbose: bool = True) -> Study:
+    "Make sure WORK holds `upto` and the stages before it, bringing them from attached inputs; else MissingStageError."
+    study = Study(work)
+    roots = [Path(r) for r in (input_roots() if roots is None else roots) if Path(r).resolve() != study.work.resolve()]
+    for stage in (*STAGE_NEEDS[upto], upto, *resume):
+        if stage == "predictions":  # several upstream steps each add runs: bring every run found
+            brought = sum(_copy_in(s / "predictions", study.predictions_dir, "*.parquet") for s in _stage_sources(stage, roots))
+            if brought and verbose:
+                print(f"brought {brought} prediction run(s) from the attached inputs")
+        elif not study.has(stage):
+            sources = _stage_sources(stage, roots)
+            if sources:
+                folder = STAGES[stage][0].split("/")[0]
+                _copy_in(sources[0] / folder, study.work / folder)
+                if verbose:
+                    print(f"brought {folder}/ from {sources[0]}")
+        if not study.has(stage) and stage not in resume:
+            raise MissingStageError(missing_stage_message(stage, study.work, roots))
+    return study
+
+# %% ../nbs/00_core.ipynb #50cb8346
+def find_abo_root(abo_root=None, roots=None) -> Path:
+    "`abo_root` as given, or the attached input folder that holds ABO's listings files; else a clear error."
+    if abo_root is not None:
+        if not Path(abo_root).is_dir():
+            raise FileNotFoundError(f"abo_root {abo_root} is not a folder")
+        return Path(abo_root)
+    roots = input_roots() if roots is None else roots
+    for root in roots:
+        hits = sorted(Path(root).glob("**/listings/metadata/listings_*.json*"))
+        if hits:
+            return Path(root)
+    raise FileNotFoundError("no ABO catalog given: pass abo_root (a folder holding listings/metadata/listings_*.json.gz "
+                            "and the images), attach the ABO dataset on Kaggle, or pass abo_root='sample' for the embedded "
+                            "synthetic sample")
 
 # %% ../nbs/00_core.ipynb #8558dbe6
 def seed_everything(seed: int = 42) -> int:

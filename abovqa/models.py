@@ -24,9 +24,10 @@ __all__ = ['POSTPROCESSORS', 'PROMPTS', 'PROMPTS_VERSION', 'SPECIAL_TOKENS', 'AN
            'CAPTION_MAX_NEW_TOKENS', 'CAPTION_PROMPTS_VERSION', 'SEED004_CAPTION_PROMPT', 'CAPTION_PROMPTS',
            'first_word', 'strip_answer', 'last_word', 'dedupe_first', 'caption_text', 'format_prompt', 'tiny_vocab',
            'tiny_tokenizer', 'ModelSpec', 'register', 'supported_tasks', 'models_for', 'get_spec', 'tiny_dir',
-           'ensure_tiny', 'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter', 'ViltVqaAdapter',
-           'ClipZeroShotAdapter', 'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter', 'LlavaAdapter',
-           'Qwen25VlAdapter', 'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter', 'BlipCaptionAdapter']
+           'ensure_tiny', 'attached_weights', 'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter',
+           'ViltVqaAdapter', 'ClipZeroShotAdapter', 'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter',
+           'LlavaAdapter', 'Qwen25VlAdapter', 'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter',
+           'BlipCaptionAdapter']
 
 # %% ../nbs/05_models.ipynb #dd677ad2
 _WORD = re.compile(r"[a-z0-9]+")
@@ -278,6 +279,20 @@ def _build_tiny_blip(path: Path, model_class: str = "BlipForQuestionAnswering", 
                               tokenizer=tok)
     _save(path, getattr(transformers, model_class)(config), processor)
 
+# %% ../nbs/05_models.ipynb #1d9db20e
+def attached_weights(name: str) -> Path | None:
+    "The folder of `name`'s full-size weights when one is attached (`$ABOVQA_WEIGHTS`: JSON name -> folder), else None."
+    mapping = json.loads(os.environ.get("ABOVQA_WEIGHTS") or "{}")
+    if name not in mapping:
+        return None
+    root = Path(mapping[name])
+    # a snapshot may sit at the mount point or a folder or two below it (an uploaded folder keeps its name)
+    configs = [*root.glob("config.json"), *sorted(root.glob("*/config.json")), *sorted(root.glob("*/*/config.json"))]
+    if not configs:
+        raise FileNotFoundError(f"weights for {name} were attached at {root}, but no config.json is there or two folders down: "
+                                f"attach a Hugging Face snapshot of {name} (the folder save_pretrained or snapshot_download writes)")
+    return configs[0].parent
+
 # %% ../nbs/05_models.ipynb #6c64158e
 def quantization_config(kind: str | None, compute_dtype: str = "float16"):
     "bitsandbytes settings: '4bit' = nf4 with double quantization (QLoRA's), '8bit' = LLM.int8; None = full precision."
@@ -333,7 +348,7 @@ class Adapter:
         self.use_options = use_options
         self.max_new_tokens = max_new_tokens or (CAPTION_MAX_NEW_TOKENS if task == "caption" else spec.max_new_tokens)
         self.adapter_dir = Path(adapter_dir) if adapter_dir else None
-        self.path = Path(path) if path else (ensure_tiny(spec.name) if size == "tiny" else None)
+        self.path = Path(path) if path else (ensure_tiny(spec.name) if size == "tiny" else attached_weights(spec.name))
         # Tiny matrices gain nothing from splitting across threads, and OpenMP threads spin-waiting on a
         # busy CPU made a tiny BLIP batch 10-100x slower (3 s instead of 0.03 s): one thread for tiny models.
         self.cpu_threads = cpu_threads or (1 if size == "tiny" else None)

@@ -27,8 +27,8 @@ import yaml
 from .core import TimeBudget, atomic_write_json, atomic_write_text, content_hash, file_fingerprint, work_dir
 
 # %% auto #0
-__all__ = ['SUMMARY_COLUMNS', 'PlanError', 'RunSpec', 'secret_problems', 'pipeline_dir', 'load_plan', 'parse_plan', 'demo_plan',
-           'make_notebook', 'detect_gpus', 'render_html', 'run_fingerprint', 'execute_run', 'run_plan']
+__all__ = ['PIPELINE', 'SUMMARY_COLUMNS', 'PlanError', 'RunSpec', 'secret_problems', 'pipeline_dir', 'load_plan', 'parse_plan',
+           'demo_plan', 'make_notebook', 'detect_gpus', 'render_html', 'run_fingerprint', 'execute_run', 'run_plan']
 
 # %% ../nbs/10_runs.ipynb #9e909f17
 class PlanError(ValueError):
@@ -230,24 +230,30 @@ def parse_plan(plan, work=None) -> list[RunSpec]:
     return specs
 
 # %% ../nbs/10_runs.ipynb #26f13b9f
+# The pipeline's dependency graph: each step and the steps whose outputs it reads. The demo plan
+# and the Kaggle kernels (`abovqa kaggle build --all`, which attaches these kernels' outputs) use it.
+PIPELINE = {
+    "10_curate": [], "20_generate_qa": ["10_curate"], "30_baselines": ["20_generate_qa"],
+    "40_finetune_lora": ["20_generate_qa"], "41_finetune_qlora": ["20_generate_qa"],
+    "50_evaluate": ["30_baselines", "40_finetune_lora", "41_finetune_qlora"], "60_error_analysis": ["50_evaluate"],
+    "70_captioning": ["10_curate"],
+}
+
+
 def demo_plan(work) -> dict:
     "The built-in plan of `abovqa demo`: curate -> questions -> every tiny VQA baseline -> tiny BLIP LoRA -> tiny LLaVA QLoRA -> evaluate -> captioning, in `work`."
     from abovqa.models import models_for  # light: the registry imports no model library
     notebooks = pipeline_dir()
     work = str(work)
-    stages = [("10_curate", {"preset": "balanced"}), ("20_generate_qa", {"backend": "template"}),
+    stages = [("10_curate", {"abo_root": "sample", "preset": "balanced"}), ("20_generate_qa", {"backend": "template"}),
               ("30_baselines", {"models": models_for("vqa"), "size": "tiny"}),
               ("40_finetune_lora", {"recipe": "blip-lora", "size": "tiny"}),
               ("41_finetune_qlora", {"recipe": "vlm-qlora", "model": "llava-1.5-7b", "size": "tiny"}),
               ("50_evaluate", {"bertscore_model": "minilm"}),
               ("70_captioning", {"size": "tiny", "bertscore_model": "minilm"})]
-    runs = []
-    for i, (name, parameters) in enumerate(stages):
-        run = {"name": name, "notebook": str(notebooks / f"{name}.ipynb"), "parameters": {"work": work, **parameters}}
-        if i:
-            run["depends_on"] = [stages[i - 1][0]]
-        runs.append(run)
-    return {"runs": runs}
+    names = [name for name, _ in stages]
+    return {"runs": [{"name": name, "notebook": str(notebooks / f"{name}.ipynb"), "parameters": {"work": work, **parameters},
+                      "depends_on": [d for d in PIPELINE[name] if d in names]} for name, parameters in stages]}
 
 # %% ../nbs/10_runs.ipynb #c268bc06
 def make_notebook(path, *cells: str, parameters: str = "") -> Path:

@@ -201,8 +201,9 @@ def test_kill_9_mid_run_then_restart_gives_the_uninterrupted_result(work, keys, 
     assert_no_key_in([work], keys, *outputs)
 
 
-def test_pipeline_notebook_with_the_gemini_backend(keys, tmp_path):
+def test_pipeline_notebook_with_the_gemini_backend(keys, study, tmp_path):
     out = tmp_path / "20.ipynb"
+    shutil.copytree(study / "curated", tmp_path / "work" / "curated")
     with GeminiStandIn(keys, latency=(0.01, 0.02)) as server:
         run = subprocess.run([str(BIN / "papermill"), "-k", "python3", str(REPO / "nbs/pipeline/20_generate_qa.ipynb"), str(out),
                               "-p", "work", str(tmp_path / "work"), "-p", "backend", "gemini", "-p", "base_url", server.url,

@@ -190,12 +190,17 @@ def test_llm_style_text_backend_goes_through_the_same_validator(work):
     assert all(r["raw"].startswith("```json") for r in QALog(work / "qa" / "qa.log.jsonl").records())
 
 
-def test_pipeline_notebook_runs_standalone(tmp_path):
-    out = tmp_path / "20.ipynb"
-    subprocess.run([str(BIN / "papermill"), "-k", "python3", str(REPO / "nbs/pipeline/20_generate_qa.ipynb"), str(out),
-                    "-p", "work", str(tmp_path / "work"), "-p", "max_images", "30", "--log-level", "ERROR"],
-                   check=True, cwd=tmp_path, capture_output=True, timeout=300)
-    qa = pd.read_parquet(tmp_path / "work" / "qa" / "qa.parquet")
+def test_pipeline_notebook_needs_curated_listings_and_never_fakes_them(study, tmp_path):
+    "Without WORK/curated the step stops and names 10_curate (no silent sample); given it, the step runs."
+    out, work = tmp_path / "20.ipynb", tmp_path / "work"
+    args = [str(BIN / "papermill"), "-k", "python3", str(REPO / "nbs/pipeline/20_generate_qa.ipynb"), str(out),
+            "-p", "work", str(work), "-p", "max_images", "30", "--log-level", "ERROR"]
+    failed = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and "MissingStageError" in failed.stderr and "10_curate" in failed.stderr
+    assert not (work / "qa").exists() and not (work / "curated").exists(), "nothing was made up"
+    shutil.copytree(study / "curated", work / "curated")
+    subprocess.run(args, check=True, cwd=tmp_path, capture_output=True, timeout=300)
+    qa = pd.read_parquet(work / "qa" / "qa.parquet")
     assert qa["image_id"].nunique() == 30
     assert "questions on 30 images" in out.read_text()
 

@@ -221,7 +221,9 @@ def test_demo_plan_chains_the_pipeline_stages(tmp_path, monkeypatch):
     assert specs[3].parameters["recipe"] == "blip-lora" and specs[3].parameters["size"] == "tiny"
     assert specs[4].parameters["recipe"] == "vlm-qlora" and specs[4].parameters["size"] == "tiny"
     assert "blip-caption-base" not in specs[2].parameters["models"] and specs[6].parameters["size"] == "tiny"
-    assert [s.depends_on for s in specs] == [[]] + [[stage] for stage in stages[:-1]]
+    assert [s.depends_on for s in specs] == [[], ["10_curate"], ["20_generate_qa"], ["20_generate_qa"], ["20_generate_qa"],
+                                             ["30_baselines", "40_finetune_lora", "41_finetune_qlora"], ["10_curate"]]
+    assert specs[0].parameters["abo_root"] == "sample", "the demo asks for the embedded sample explicitly"
     monkeypatch.setenv("ABOVQA_NOTEBOOKS", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="ABOVQA_NOTEBOOKS"):
         demo_plan(tmp_path / "work")
