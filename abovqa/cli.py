@@ -122,8 +122,21 @@ def _parse_params(pairs: list[str]) -> dict:
 def _kaggle(a):
     from abovqa import kaggle
     if a.action == "build":
-        folders = kaggle.build_kernel(a.target, a.out, a.user, a.abo_dataset, _parse_params(a.params), shards=a.shards, internet=a.internet)
-        folders.append(kaggle.build_wheel_dataset(a.out, a.user))
+        if not (a.user and a.abo_dataset) or bool(a.all) == bool(a.target):
+            raise SystemExit("abovqa kaggle build: give STEP or --all, with --user and --abo-dataset")
+        params, weights = _parse_params(a.params), kaggle.parse_weights(a.weights)
+        if a.all:
+            built = kaggle.build_all(a.out, a.user, a.abo_dataset, params, gpus=a.gpus, weights=weights, internet=a.internet,
+                                     python_version=a.python_version, with_unsloth=a.with_unsloth, wheel=a.wheel, deps=not a.no_deps,
+                                     image_python=a.image_python)
+            folders, notes = built["kernels"] + [built["wheel"]] + ([built["deps"]] if built["deps"] else []), built["notes"]
+        else:
+            notes = []
+            folders = kaggle.build_kernel(a.target, a.out, a.user, a.abo_dataset, params, shards=a.shards, internet=a.internet,
+                                          gpus=a.gpus, weights=weights, deps=not a.no_deps, notes=notes)
+            folders.append(kaggle.build_wheel_dataset(a.out, a.user, wheel=a.wheel))
+        for note in notes:
+            print(note)
         for folder in folders:
             print(f"ready to push: {folder}")
     elif a.action == "push":
@@ -250,15 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out")
     s.set_defaults(func=_run)
 
-    s = sub.add_parser("kaggle", help="build push-ready Kaggle kernels for a pipeline step; push, status, output")
+    s = sub.add_parser("kaggle", help="build push-ready Kaggle kernels (one step or --all, chained); push, status, output")
     s.add_argument("action", choices=["build", "push", "status", "output"])
-    s.add_argument("target", help="build: a step (e.g. 30_baselines); push: a built folder; status/output: owner/kernel-slug")
+    s.add_argument("target", nargs="?", help="build: a step (e.g. 30_baselines); push: a built folder; status/output: owner/kernel-slug")
+    s.add_argument("--all", action="store_true", help="build: every step, each attached to the kernels it reads, plus the wheel and wheelhouse")
     s.add_argument("--out", default="kaggle_build")
     s.add_argument("--user", help="your Kaggle user name (build)")
     s.add_argument("--abo-dataset", help="owner/slug of the ABO dataset to attach (build)")
-    s.add_argument("--params", nargs="*", metavar="KEY=VALUE", help="notebook parameters (build)")
+    s.add_argument("--params", nargs="*", metavar="KEY=VALUE", help="notebook parameters: size=full for every step that has it, STEP.key=value for one")
+    s.add_argument("--weights", nargs="*", metavar="MODEL=SOURCE",
+                   help="offline weights: MODEL=OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (a Kaggle Model) or MODEL=OWNER/DATASET (a snapshot)")
+    s.add_argument("--gpus", type=int, help="GPUs per step (default: the step's own; 0 for a CPU check)")
     s.add_argument("--shards", type=int, default=1, help="build n kernels, each one shard of the work")
-    s.add_argument("--internet", action="store_true")
+    s.add_argument("--internet", action=argparse.BooleanOptionalAction, default=None,
+                   help="force the internet on or off (default: on only where a step needs it, and the build says why)")
+    s.add_argument("--python-version", default="3.12", help="the Python of Kaggle's image, for the wheelhouse (default 3.12)")
+    s.add_argument("--image-python", help="a Python whose packages match Kaggle's image: the wheelhouse is resolved against it")
+    s.add_argument("--with-unsloth", action="store_true", help="also put unsloth in the wheelhouse (GPU-only, optional)")
+    s.add_argument("--wheel", help="an abovqa wheel to ship instead of building one")
+    s.add_argument("--no-deps", action="store_true", help="no wheelhouse (the kernels then need the internet for what the image lacks)")
     s.set_defaults(func=_kaggle)
 
     s = sub.add_parser("docs", help="render every notebook into a static site (what `make docs` runs)")

@@ -350,7 +350,8 @@ def wheelhouse_roots(with_unsloth: bool = False) -> list[str]:
     return [r for r in runtime_requirements() if _name(r) not in have] + (["unsloth"] if with_unsloth else [])
 
 
-PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64", "linux_x86_64")
+# Kaggle runs Ubuntu 22.04 (glibc 2.35): every manylinux tag up to that one fits
+PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{v}_x86_64" for v in (17, 24, 27, 28, 31, 34, 35)), "linux_x86_64")
 
 
 def _target(python_version: str) -> list[str]:
@@ -358,15 +359,20 @@ def _target(python_version: str) -> list[str]:
             *[a for p in PLATFORMS for a in ("--platform", p)]]
 
 
-def wheelhouse_plan(roots: list[str], python_version: str) -> dict:
+def wheelhouse_plan(roots: list[str], python_version: str, image_python=None) -> dict:
     "name -> version of every wheel the roots need on Kaggle's Python, not descending into what the image has."
     from packaging.markers import default_environment
     from packaging.requirements import Requirement
     have = image_packages()
+    # With an interpreter that looks like the image, pip resolves against what it has installed: exact and quick.
+    # Without, it resolves for Kaggle's Python from scratch (it then reads torch's metadata too: slower, once).
+    python, target = (str(image_python), []) if image_python else (sys.executable, ["--ignore-installed", *_target(python_version)])
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        _pip("install", "--dry-run", "--ignore-installed", "-q", "--report", str(report), *_target(python_version),
-             "-c", str(kit_file("kaggle/image-constraints.txt")), *roots, what="resolving the wheelhouse")
+        done = subprocess.run([python, "-m", "pip", "install", "--dry-run", "-q", "--report", str(report), *target,
+                               "-c", str(kit_file("kaggle/image-constraints.txt")), *roots], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"resolving the wheelhouse failed:\n{(done.stderr or done.stdout)[-3000:]}")
         resolved = {_name(i["metadata"]["name"]): i["metadata"] for i in json.loads(report.read_text())["install"]}
     env = {**default_environment(), "python_version": python_version, "python_full_version": f"{python_version}.0", "extra": ""}
     plan, todo = {}, [_name(r) for r in roots]
@@ -382,12 +388,12 @@ def wheelhouse_plan(roots: list[str], python_version: str) -> dict:
     return dict(sorted(plan.items()))
 
 
-def build_wheelhouse(out, user: str, python_version: str = "3.12", with_unsloth: bool = False) -> Path:
+def build_wheelhouse(out, user: str, python_version: str = "3.12", with_unsloth: bool = False, image_python=None) -> Path:
     "OUT/abovqa-deps/: wheels of every runtime requirement Kaggle's image lacks, for its Python, with dataset-metadata.json."
     folder = Path(out) / DEPS_DATASET
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    plan = wheelhouse_plan(wheelhouse_roots(with_unsloth), python_version)
+    plan = wheelhouse_plan(wheelhouse_roots(with_unsloth), python_version, image_python)
     if plan:
         _pip("download", "--no-deps", "-q", "-d", str(folder), *_target(python_version),
              *[f"{n}=={v}" for n, v in plan.items()], what="downloading the wheelhouse")
@@ -532,7 +538,7 @@ def build_kernel(step: str, out, user: str, abo_dataset: str, parameters: dict |
 
 def build_all(out, user: str, abo_dataset: str, parameters: dict | None = None, *, steps=None, gpus: int | None = None,
               weights=None, python_version: str = "3.12", with_unsloth: bool = False, internet: bool | None = None,
-              wheel=None, deps: bool = True) -> dict:
+              wheel=None, deps: bool = True, image_python=None) -> dict:
     "Every step's kernel (wired to its upstream kernels) plus the wheel and wheelhouse datasets, under OUT."
     weights = parse_weights(weights) if isinstance(weights, (list, tuple)) else dict(weights or {})
     notes, kernels = [], []
@@ -540,7 +546,7 @@ def build_all(out, user: str, abo_dataset: str, parameters: dict | None = None, 
         kernels += build_kernel(step, out, user, abo_dataset, parameters, gpus=gpus, weights=weights, internet=internet,
                                 deps=deps, notes=notes)
     built = {"kernels": kernels, "wheel": build_wheel_dataset(out, user, wheel=wheel), "notes": notes}
-    built["deps"] = build_wheelhouse(out, user, python_version, with_unsloth) if deps else None
+    built["deps"] = build_wheelhouse(out, user, python_version, with_unsloth, image_python) if deps else None
     return built
 
 # %% ../nbs/11_kaggle.ipynb #0d3cc9ad
