@@ -415,13 +415,16 @@ def pipeline_notebook(step: str) -> Path:
 def notebook_defaults(step: str) -> dict:
     "The parameters a step's notebook declares, with their default values."
     import ast
-    import papermill as pm
+    import nbformat
+    nb = nbformat.read(pipeline_notebook(step), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     defaults = {}
-    for name, p in pm.inspect_notebook(str(pipeline_notebook(step))).items():
-        try:
-            defaults[name] = ast.literal_eval(p["default"])
-        except (ValueError, SyntaxError):
-            defaults[name] = p["default"]
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                defaults[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:  # an expression: kept as its source
+                defaults[node.targets[0].id] = ast.unparse(node.value)
     return defaults
 
 
