@@ -36,6 +36,8 @@ def _qagen(a):
     if a.backend == "template" and (a.rpm or a.base_url):
         raise SystemExit("abovqa qagen: --rpm and --base-url are for API backends; the template backend runs offline")
     kw = {k: v for k, v in dict(prompt=a.prompt, model=a.model, workers=a.workers, rpm=a.rpm, base_url=a.base_url).items() if v is not None}
+    if a.keep_contradicting:  # only then: the caption task takes no such option
+        kw["keep_contradicting"] = True
     qa = generate(a.work, backend=a.backend, max_images=a.max_images, seed=a.seed, task=a.task, **kw)
     if a.task == "caption":
         print(f"{len(qa):,} reference captions -> {Path(a.work) / 'captions' / 'captions.parquet'}")
@@ -51,6 +53,26 @@ def _export(a):
     written = export_dataset(a.work, out=a.out, formats=a.formats, push_to_hub=a.push_to_hub)
     for what, path in written.items():
         print(f"{what}: {path}")
+    return 0
+
+
+def _review(a):
+    from abovqa.quality import import_review, write_review_sheet
+    try:
+        if a.import_sheet:
+            r = import_review(a.work, a.import_sheet)
+            print(f"recorded {r['recorded']} verdicts ({r['blank']} blank" + (f", {r['skipped']} skipped: see qa/review_skipped.csv" if r["skipped"] else "") + ")")
+            if r["reviewed"]:
+                print(f"error rate {100 * r['error_rate']:.1f}%: {r['wrong']} wrong of {r['reviewed']} reviewed "
+                      f"(95% Wilson interval {100 * r['low']:.1f}% - {100 * r['high']:.1f}%)")
+            print(f"-> {Path(a.work) / 'qa' / 'review.parquet'} (`abovqa export --work {a.work}` puts it in the dataset card)")
+            return 0
+        html_path, csv_path = write_review_sheet(a.work, n=a.n, seed=a.seed, out=a.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"abovqa review: {e}", file=sys.stderr)
+        return 2
+    print(f"review sheet: {html_path}\nverdicts: fill the `verdict` column of {csv_path} (or use the page's download button), "
+          f"then run: abovqa review --work {a.work} --import FILE")
     return 0
 
 
@@ -205,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--task", default="vqa", choices=["vqa", "caption"],
                    help="caption: reference captions (backend template = from the metadata) into WORK/captions")
+    s.add_argument("--keep-contradicting", action="store_true",
+                   help="keep pairs whose answer contradicts the listing (flagged verified=contradicts) instead of rejecting them")
     s.set_defaults(func=_qagen)
 
     s = sub.add_parser("export", help="the questions as a Hugging Face dataset, parquet and VLMEvalKit TSV, with a dataset card")
@@ -213,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--formats", nargs="+", default=["parquet", "hf", "tsv"], choices=["parquet", "hf", "tsv"])
     s.add_argument("--push-to-hub", metavar="REPO", help="also push to the Hub (token from `huggingface-cli login` / HF_TOKEN)")
     s.set_defaults(func=_export)
+
+    s = sub.add_parser("review", help="a review sheet (HTML + CSV) of a stratified sample of questions; --import records the verdicts")
+    s.add_argument("--work", required=True)
+    s.add_argument("--n", type=int, default=200, help="questions in the sheet")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="folder of the sheet (default WORK/qa)")
+    s.add_argument("--import", dest="import_sheet", metavar="SHEET.csv", help="record the verdicts of a filled sheet")
+    s.set_defaults(func=_review)
 
     s = sub.add_parser("predict", help="run a model on the questions of a split")
     s.add_argument("--work", required=True)

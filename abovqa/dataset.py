@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .core import atomic_write, atomic_write_json, atomic_write_parquet, atomic_write_text
+from .quality import quality_section
 
 # %% auto #0
 __all__ = ['LETTERS', 'FORMATS', 'read_image_bytes', 'to_vlmevalkit', 'to_hf_dataset', 'plot_answer_distribution', 'dataset_card',
@@ -116,8 +117,9 @@ def plot_answer_distribution(qa: pd.DataFrame, path, top: int = 8) -> list[Path]
     return written
 
 
-def dataset_card(qa: pd.DataFrame, listings: pd.DataFrame | None = None, name: str = "abovqa", figure: str | None = None) -> str:
-    "A Hub dataset card (YAML header + counts per split, question type, product type and answer)."
+def dataset_card(qa: pd.DataFrame, listings: pd.DataFrame | None = None, name: str = "abovqa", figure: str | None = None,
+                 quality: str | None = None) -> str:
+    "A Hub dataset card (YAML header + counts per split, question type, product type and answer; `quality`: a section to add)."
     splits = qa["split"].value_counts()
     header = ["---", "license: cc-by-nc-4.0", "task_categories:", "- visual-question-answering", "language:", "- en",
               "tags:", "- amazon-berkeley-objects", "- abovqa", "dataset_info:", "  features:",
@@ -138,6 +140,8 @@ def dataset_card(qa: pd.DataFrame, listings: pd.DataFrame | None = None, name: s
         body += [f"![Most frequent answers per question type]({figure})", ""]
     with_options = qa["options"].map(lambda o: o is not None).sum()
     body += [f"{with_options:,} questions carry 4 multiple-choice options (the answer and 3 distractors of the same type).", ""]
+    if quality:
+        body += [quality, ""]
     return "\n".join(header + body)
 
 # %% ../nbs/04a_dataset.ipynb #f9dc6cfa
@@ -157,7 +161,8 @@ def export_dataset(work, out=None, formats=FORMATS, push_to_hub: str | None = No
     written = {"figure": plot_answer_distribution(kept, out / "answer_distribution.png")[0]}
     listings_path = work / "curated" / "listings.parquet"
     listings = pd.read_parquet(listings_path) if listings_path.exists() else None
-    written["card"] = atomic_write_text(out / "README.md", dataset_card(kept, listings, figure="answer_distribution.png"))
+    card = dataset_card(kept, listings, figure="answer_distribution.png", quality=quality_section(work))  # checks + reviewed error rate
+    written["card"] = atomic_write_text(out / "README.md", card)
     if "parquet" in formats:
         table = kept.assign(image=kept["image_path"].map(images)).sort_values("qa_id")
         written["parquet"] = atomic_write_parquet(table, out / "abovqa.parquet")

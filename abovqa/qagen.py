@@ -23,12 +23,14 @@ from .metrics import vqa_normalize
 
 # %% auto #0
 __all__ = ['QTYPES', 'DIFFICULTY', 'QTYPE_ALIASES', 'LEVELS', 'TEMPLATE_VERSION', 'TEMPLATES', 'BASIC_COLORS', 'COLOR_SYNONYMS',
-           'PROMPTS', 'DEFAULT_PROMPT', 'FAULTS', 'OPTION_VOCAB', 'QA_COLUMNS', 'clean_answer', 'rejection_reason',
-           'validate_pairs', 'parse_pairs', 'QARequest', 'parts_count', 'TemplateBackend', 'get_backend', 'Prompt',
-           'prompt_fields', 'get_prompt', 'QuotaExhausted', 'gemini_api_keys', 'TokenBucket', 'KeySlot', 'KeyPool',
-           'GeminiBackend', 'GeminiStandIn', 'HFBackend', 'QALog', 'run_request', 'source_of', 'add_options',
-           'compile_qa', 'load_listings', 'build_requests', 'images_root_of', 'failure_counts', 'run_requests',
-           'pending_requests', 'generate']
+           'PROMPTS', 'DEFAULT_PROMPT', 'FAULTS', 'VERIFIED', 'COLOR_WORDS', 'MATERIAL_WORDS', 'SHAPE_WORDS',
+           'PATTERN_WORDS', 'WORD_SYNONYMS', 'OPEN_VALUES', 'TYPE_NOUNS', 'FIELD_VOCABS', 'FIELDS', 'QUESTION_FILLER',
+           'OPTION_VOCAB', 'QA_COLUMNS', 'REJECTED_COLUMNS', 'clean_answer', 'rejection_reason', 'validate_pairs',
+           'parse_pairs', 'QARequest', 'parts_count', 'TemplateBackend', 'get_backend', 'Prompt', 'prompt_fields',
+           'get_prompt', 'QuotaExhausted', 'gemini_api_keys', 'TokenBucket', 'KeySlot', 'KeyPool', 'GeminiBackend',
+           'GeminiStandIn', 'HFBackend', 'QALog', 'verify_answer', 'question_terms', 'question_similarity',
+           'is_near_duplicate', 'check_pairs', 'run_request', 'source_of', 'add_options', 'compile_qa', 'load_listings',
+           'build_requests', 'images_root_of', 'failure_counts', 'run_requests', 'pending_requests', 'generate']
 
 # %% ../nbs/04_qagen.ipynb #e5e6e106
 QTYPES = ("color", "material", "shape", "pattern", "count", "yesno", "brand", "text", "type", "other")
@@ -872,6 +874,268 @@ class QALog:
             f.flush()
             os.fsync(f.fileno())
 
+# %% ../nbs/04_qagen.ipynb #4fba26e2
+VERIFIED = ("agrees", "contradicts", "unknown")
+_TOKEN = re.compile(r"[^\W_]+")  # letters and digits of any script: "Marrón" and "ブラック" stay one token each
+
+
+def _vocab(spec: str) -> dict[str, frozenset]:
+    "'word: family family; ...' -> {word: families}; a family word (blue, metal) is its own only family."
+    out = {}
+    for entry in spec.split(";"):
+        word, _, families = entry.partition(":")
+        word = word.strip()
+        if word:
+            out[word] = frozenset(families.split() or [word])
+    return out
+
+
+# Each basic colour is its own family (so "gold" never passes for "yellow"); shades name one or two families.
+COLOR_WORDS = _vocab(";".join(BASIC_COLORS) + """; clear; navy: blue; cobalt: blue; azure: blue; sky: blue; indigo: blue purple;
+    teal: blue green; turquoise: blue green; aqua: blue green; cyan: blue green; crimson: red; scarlet: red; cherry: red; ruby: red;
+    maroon: red brown; burgundy: red purple; wine: red purple; charcoal: gray black; slate: gray; graphite: gray black; ash: gray;
+    onyx: black; jet: black; ebony: black; ivory: white beige; cream: white beige; snow: white; pearl: white; olive: green;
+    emerald: green; lime: green yellow; mint: green; sage: green; forest: green; khaki: beige green brown; mustard: yellow;
+    lemon: yellow; golden: gold; amber: orange yellow; tangerine: orange; coral: orange pink; peach: orange pink;
+    rust: orange red brown; plum: purple; violet: purple; lavender: purple; lilac: purple; magenta: pink purple;
+    fuchsia: pink purple; mauve: purple pink; rose: pink; blush: pink; salmon: pink orange; walnut: brown; chocolate: brown;
+    coffee: brown; espresso: brown; mocha: brown; tan: brown beige; camel: brown beige; taupe: beige gray brown; sand: beige;
+    nude: beige; chrome: silver""")
+MATERIAL_WORDS = _vocab("""wood; metal; glass; ceramic; stone; plastic; fabric; leather; paper; rubber; wicker;
+    oak: wood; pine: wood; teak: wood; bamboo: wood; mahogany: wood; birch: wood; maple: wood; acacia: wood;
+    cedar: wood; beech: wood; mdf: wood; plywood: wood; walnut: wood; steel: metal; iron: metal; aluminum: metal;
+    aluminium: metal; brass: metal; copper: metal; bronze: metal; chrome: metal; zinc: metal; titanium: metal; alloy: metal;
+    silver: metal; gold: metal; platinum: metal; metallic: metal; crystal: glass; porcelain: ceramic; stoneware: ceramic;
+    earthenware: ceramic; terracotta: ceramic; clay: ceramic; marble: stone; granite: stone; concrete: stone; quartz: stone;
+    acrylic: plastic; polypropylene: plastic fabric; polyethylene: plastic; pvc: plastic; abs: plastic; polycarbonate: plastic;
+    vinyl: plastic; resin: plastic; melamine: plastic; tpu: plastic rubber; silicone: rubber; latex: rubber;
+    cotton: fabric; polyester: fabric; linen: fabric; velvet: fabric; wool: fabric; silk: fabric; nylon: fabric plastic;
+    microfiber: fabric; canvas: fabric; denim: fabric; fleece: fabric; mesh: fabric; satin: fabric; felt: fabric;
+    chenille: fabric; jute: fabric; textile: fabric; cloth: fabric; suede: leather; rattan: wicker; seagrass: wicker;
+    cardboard: paper""")
+SHAPE_WORDS = _vocab("round; oval; square; rectangular; triangular; star; hexagonal; octagonal; cylindrical; heart; spherical; irregular")
+PATTERN_WORDS = _vocab("solid; striped; checkered; plaid: plaid checkered; tartan: plaid checkered; gingham: checkered; floral; "
+                       "dotted; geometric; abstract; animal; leopard: animal; zebra: animal; paisley; chevron; zigzag: chevron; camouflage")
+# Spellings of one and the same word (unlike "navy", which is one shade of the family "blue").
+WORD_SYNONYMS = {"grey": "gray", "transparent": "clear", "wooden": "wood", "circular": "round", "circle": "round",
+                 "rectangle": "rectangular", "oblong": "rectangular", "triangle": "triangular", "hexagon": "hexagonal",
+                 "octagon": "octagonal", "cylinder": "cylindrical", "elliptical": "oval", "ellipse": "oval", "sphere": "spherical",
+                 "plain": "solid", "stripe": "striped", "stripes": "striped", "checked": "checkered", "check": "checkered",
+                 "checks": "checkered", "checkerboard": "checkered", "flower": "floral", "flowers": "floral", "flowery": "floral",
+                 "dots": "dotted", "polka": "dotted", "spotted": "dotted", "camo": "camouflage"}
+# Values that name no single fact ("Multicolor", "Printed"): the listing then confirms but never refutes an answer.
+OPEN_VALUES = frozenset("multi multicolor multicolour multicolored multicoloured assorted various mixed print printed rainbow "
+                        "patterned natural other none na see".split())
+# The nouns a question or answer uses for ABO's common product types (a type absent here is only ever confirmed, by its own words).
+TYPE_NOUNS = {"SHOES": "shoe sneaker trainer footwear boot sandal", "CHAIR": "chair seat stool armchair",
+              "TABLE": "table desk nightstand", "SOFA": "sofa couch loveseat settee", "LAMP": "lamp light",
+              "PILLOW": "pillow cushion", "RUG": "rug carpet mat", "FINERING": "ring", "BOTTLE": "bottle flask",
+              "BED": "bed bedframe", "BASKET": "basket", "WALL_ART": "art print painting poster picture canvas",
+              "CLOCK": "clock", "PLANTER": "planter pot", "MIRROR": "mirror", "VASE": "vase",
+              "CELLULAR_PHONE_CASE": "case cover", "HANDBAG": "handbag bag purse", "FINENECKLACEBRACELETANKLET": "necklace bracelet",
+              "FINEEARRING": "earring earrings", "WATCH": "watch", "HAT": "hat cap", "SHIRT": "shirt tshirt"}
+_NOUN_TYPES: dict[str, set] = {}
+for _type, _nouns in TYPE_NOUNS.items():
+    for _noun in _nouns.split():
+        _NOUN_TYPES.setdefault(_noun, set()).add(_type)
+FIELD_VOCABS = {"color": COLOR_WORDS, "material": MATERIAL_WORDS, "shape": SHAPE_WORDS, "pattern": PATTERN_WORDS}
+FIELDS = {"color": ("color_standardized", "color"), "material": ("material", "fabric_type"), "shape": ("shape",),
+          "pattern": ("pattern",), "brand": ("brand",), "type": ("product_type",), "count": ("n_parts", "name")}
+_COUNTED_WORDS = frozenset("item items piece pieces part parts set sets pack packs product products object objects unit units pcs".split())
+
+
+def _tokens(value) -> list[str]:
+    "Lower-case word tokens of a listing value (text, number or list of them); [] for missing."
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        return [t for v in value for t in _tokens(v)]
+    return _TOKEN.findall(str(value).lower())
+
+
+def _word(token: str, vocab: dict) -> str:
+    "A token as the vocabulary spells it: 'stripes' -> 'striped', 'chairs' -> 'chair', 'grey' -> 'gray'."
+    token = WORD_SYNONYMS.get(token, token)
+    if token not in vocab and token.endswith("s") and token[:-1] in vocab:
+        token = token[:-1]
+    return token
+
+
+def _field_text(listing: dict, columns) -> str:
+    values = [v for c in columns if (v := _value(listing, c)) is not None and str(v).strip()]
+    return " / ".join(dict.fromkeys(", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in values))
+
+
+def _compare_vocab(answer: str, value_tokens: list[str], vocab: dict, family_tokens: list[str] | None = None) -> str:
+    """agrees / contradicts / unknown for a one-word answer against a listing value's tokens, through a word -> families table.
+
+    `family_tokens` (ABO's standardized colour) decide the families when given: "Ivory White" standardized as "White" is not beige."""
+    a = _word(answer, vocab)
+    words = {_word(t, vocab) for t in value_tokens}
+    if a in words:
+        return "agrees"
+    family_words = {_word(t, vocab) for t in family_tokens} if family_tokens else words
+    listed = set().union(*(vocab[w] for w in family_words if w in vocab))
+    if a in vocab and vocab[a] == {a} and a in listed:
+        return "agrees"  # a family word the listing's value belongs to: "blue" for "Navy Blue", "metal" for "Stainless Steel"
+    if a in vocab and listed and not vocab[a] & listed and not words & OPEN_VALUES:
+        return "contradicts"
+    return "unknown"  # no comparable value, an open one ("Multicolor"), or the same family but unconfirmed ("navy" for "Blue")
+
+
+def _compare_brand(answer: str, brand) -> str:
+    tokens = _tokens(brand)
+    if not tokens or set(tokens) & {"generic", "unbranded", "unknown"}:
+        return "unknown"
+    compact = "".join(tokens)
+    # the brand's own words, or its run-together spelling ("amazonbasics"), or its start ("amazon" for "AmazonBasics")
+    return "agrees" if answer in tokens or answer == compact or (len(answer) >= 4 and compact.startswith(answer)) else "contradicts"
+
+
+def _compare_type(answer: str, listing: dict) -> str:
+    product_type = str(_value(listing, "product_type") or "")
+    a = answer[:-1] if answer.endswith("s") and answer[:-1] in _NOUN_TYPES else answer
+    type_tokens = set(_tokens(product_type.replace("_", " ")))
+    if not product_type:
+        return "unknown"
+    if answer in type_tokens or a in type_tokens or answer == product_type.lower().replace("_", ""):
+        return "agrees"
+    if a not in _NOUN_TYPES:
+        return "unknown"
+    named = set(_tokens(_value(listing, "name"))) | set(_tokens(_value(listing, "keywords")))
+    if product_type in _NOUN_TYPES[a] or a in named or answer in named:
+        return "agrees"
+    return "contradicts" if product_type in TYPE_NOUNS else "unknown"
+
+
+def _counts_the_product(question: str, listing: dict) -> bool:
+    "Does a count question count the listing's items ('How many pieces are in this set?'), not something on one item ('How many legs...')?"
+    tokens = _TOKEN.findall(question.lower())
+    if tokens[:2] != ["how", "many"]:
+        return False
+    product_type = str(_value(listing, "product_type") or "")
+    nouns = set(TYPE_NOUNS.get(product_type, "").split()) | set(_tokens(product_type.replace("_", " ")))
+    for word in tokens[2:4]:  # the counted noun, maybe after one adjective: "How many dining chairs..."
+        if word in _COUNTED_WORDS or word in nouns or word.rstrip("s") in nouns or word[:-2] in nouns:
+            return True
+    return False
+
+
+def _yesno_field(question: str) -> tuple[str, str] | None:
+    "(qtype, the word asked about) for 'Is this product red?'-style questions; None for anything else."
+    tokens = _TOKEN.findall(question.lower())
+    if not tokens or tokens[0] not in ("is", "are") or {"or", "not", "and", "both", "any"} & set(tokens):
+        return None
+    asked = set(tokens)
+    while tokens and tokens[-1] in ("color", "colour", "colored", "coloured", "in", "shaped", "shape"):
+        tokens.pop()  # "Is this product red in colour?" asks about "red"
+    if not tokens:
+        return None
+    word = tokens[-1]
+    if {"color", "colour"} & asked:  # "silver" is a colour here, a metal in "Is it made of silver?"
+        order = ("color", "material", "shape", "pattern")
+    elif {"made", "material", "from"} & asked:
+        order = ("material", "color", "shape", "pattern")
+    else:
+        order = ("color", "shape", "pattern", "material")
+    for qtype in order:
+        if _word(word, FIELD_VOCABS[qtype]) in FIELD_VOCABS[qtype]:
+            return qtype, word
+    if word in _NOUN_TYPES or (word.endswith("s") and word[:-1] in _NOUN_TYPES):
+        return "type", word
+    return None
+
+
+def verify_answer(qtype: str, question: str, answer: str, listing: dict) -> tuple[str, str | None, str | None]:
+    """(verdict, field, the field's value) for a cleaned one-word answer against its listing.
+
+    `verdict` is 'agrees', 'contradicts' or 'unknown' (no field for the type, the field is empty, or the values cannot be
+    compared: another language, an open value like 'Multicolor', a count question about something else)."""
+    if qtype == "yesno":
+        asked = _yesno_field(question)
+        if asked is None or answer not in ("yes", "no"):
+            return "unknown", None, None
+        verdict, field, value = verify_answer(asked[0], question, asked[1], listing)
+        if verdict == "unknown":
+            return verdict, field, value
+        truth = "yes" if verdict == "agrees" else "no"
+        return ("agrees" if answer == truth else "contradicts"), field, value
+    columns = FIELDS.get(qtype)
+    if columns is None:
+        return "unknown", None, None
+    field = columns[0] if qtype != "color" or _value(listing, "color_standardized") else "color"
+    value = _field_text(listing, columns)
+    if qtype == "count":
+        n = parts_count(listing)
+        if n is None or not _counts_the_product(question, listing):
+            return "unknown", None, None
+        return ("agrees" if answer == str(n) else "contradicts"), "n_parts", str(n)
+    if not value:
+        return "unknown", field, None
+    if qtype == "brand":
+        return _compare_brand(answer, _value(listing, "brand")), field, value
+    if qtype == "type":
+        return _compare_type(answer, listing), field, value
+    tokens = [t for c in columns for t in _tokens(_value(listing, c))]
+    standardized = _tokens(_value(listing, "color_standardized")) if qtype == "color" else None
+    return _compare_vocab(answer, tokens, FIELD_VOCABS[qtype], standardized), field, value
+
+
+# %% ../nbs/04_qagen.ipynb #00a6ea24
+# Words that carry no meaning of their own in a product question: articles, the product itself, and the type's own name.
+QUESTION_FILLER = frozenset("""a an the this that these those it its is are was be does do did has have of in on to for with by from
+    at as what which whats how many much kind type sort main mostly mainly primary primarily predominant predominantly dominant
+    overall general product item items object objects thing shown pictured visible seen depicted image picture photo photograph
+    here there color colour colors colours shade hue material materials made shape shaped pattern brand you can see set piece
+    pieces part parts pack unit units total number count""".split())
+
+
+def question_terms(question: str) -> frozenset:
+    "The content words of a question (filler removed, plurals folded): what it asks about beyond its type."
+    return frozenset(t[:-1] if len(t) > 3 and t.endswith("s") and not t.endswith("ss") else t
+                     for t in _TOKEN.findall(question.lower()) if t not in QUESTION_FILLER)
+
+
+def question_similarity(a: str, b: str) -> float:
+    "Jaccard overlap of the content words of two questions; 1.0 when neither has any ('What color is this?' / 'Which colour is the item?')."
+    ta, tb = question_terms(a), question_terms(b)
+    return 1.0 if not ta and not tb else len(ta & tb) / len(ta | tb)
+
+
+def is_near_duplicate(p: dict, q: dict, threshold: float = 0.5) -> bool:
+    "Two pairs about one image ask the same thing: same type, and the same words (or similar words and the same answer)."
+    if p["qtype"] != q["qtype"]:
+        return False
+    similarity = question_similarity(p["question"], q["question"])
+    return similarity == 1.0 or (similarity >= threshold and _same_answer(p["answer"], q["answer"]))
+
+
+_RANK = {"agrees": 0, "unknown": 1, "contradicts": 2}
+
+
+def check_pairs(pairs: list[dict], listing: dict | None, keep_contradicting: bool = False) -> tuple[list[dict], list[dict]]:
+    """Verify one reply's validated pairs against its listing, then drop near-duplicates: (kept, rejected).
+
+    Every pair gets `verified`; a contradicting one is rejected (`contradicts_metadata`, with the field and its value) unless
+    `keep_contradicting`; of near-duplicates the best-verified, first-asked one stays and the others are `near_duplicate`."""
+    checked, rejected = [], []
+    for i, pair in enumerate(pairs):
+        verdict, field, value = verify_answer(pair["qtype"], pair["question"], pair["answer"], listing or {})
+        pair = {**pair, "verified": verdict}
+        if verdict == "contradicts" and not keep_contradicting:
+            rejected.append({**pair, "reason": "contradicts_metadata", "metadata_field": field, "metadata_value": value})
+        else:
+            checked.append((_RANK[verdict], i, pair))
+    kept = []
+    for _, _, pair in sorted(checked, key=lambda t: t[:2]):
+        twin = next((k for k in kept if is_near_duplicate(pair, k)), None)
+        if twin is None:
+            kept.append(pair)
+        else:
+            rejected.append({**pair, "reason": "near_duplicate", "duplicate_of": twin["question"]})
+    return kept, rejected
+
+
 # %% ../nbs/04_qagen.ipynb #7bf7369b
 OPTION_VOCAB = {
     "color": BASIC_COLORS,
@@ -943,27 +1207,35 @@ def add_options(qa: pd.DataFrame, seed: int = 42, n_options: int = 4) -> pd.Data
 
 
 QA_COLUMNS = ["qa_id", "image_id", "image_path", "item_id", "split", "question", "answer", "qtype", "difficulty", "options", "source"]
+REJECTED_COLUMNS = ["key", "image_id", "image_path", "item_id", "split", "source", "question", "answer", "raw_answer", "qtype",
+                    "difficulty", "reason", "verified", "metadata_field", "metadata_value", "duplicate_of"]
 
 
-def compile_qa(work, keys=None, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Compile WORK/qa/qa.log.jsonl (only `keys` when given) into qa.parquet and rejected.parquet, deterministically."
+def compile_qa(work, keys=None, seed: int = 42, keep_contradicting: bool = False,
+               listings: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Compile WORK/qa/qa.log.jsonl (only `keys` when given) into qa.parquet and rejected.parquet, deterministically.
+
+    Each reply's pairs are checked against their listing (`check_pairs`; `listings` defaults to the curated ones)."""
     qa_dir = Path(work) / "qa"
     log = QALog(qa_dir / "qa.log.jsonl")
+    listings = load_listings(work) if listings is None else listings
+    listing_of = {(str(r["image_id"]), str(r["item_id"])): r for r in listings.to_dict("records")}
     rows, rejected, seen = [], [], set()
     for record in log.records():
         if not record.get("ok") or (keys is not None and record["key"] not in keys) or record["key"] in seen:
             continue
         seen.add(record["key"])
         base = {k: record[k] for k in ("image_id", "image_path", "item_id", "split")} | {"source": source_of(record)}
-        for pair in record["pairs"]:
+        listing = listing_of.get((str(record["image_id"]), str(record["item_id"])))
+        pairs, checked_out = check_pairs(record["pairs"], listing, keep_contradicting)
+        for pair in pairs:
             rows.append({**base, **pair, "qa_id": content_hash(record["image_id"], pair["question"], base["source"])})
-        for pair in record["rejected"]:
+        for pair in record["rejected"] + checked_out:
             rejected.append({**base, **pair, "key": record["key"]})
-    qa = pd.DataFrame(rows, columns=[c for c in QA_COLUMNS if c != "options"])
+    qa = pd.DataFrame(rows, columns=[c for c in QA_COLUMNS if c != "options"] + ["verified"])
     qa = qa.drop_duplicates("qa_id").sort_values("qa_id", kind="stable").reset_index(drop=True)
-    qa = add_options(qa, seed=seed)[QA_COLUMNS]
-    rejected = pd.DataFrame(rejected, columns=["key", "image_id", "image_path", "item_id", "split", "source", "question", "answer",
-                                               "raw_answer", "qtype", "difficulty", "reason"])
+    qa = add_options(qa, seed=seed)[QA_COLUMNS + ["verified"]]  # QA_COLUMNS are shared with captions, which are not verified
+    rejected = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
     rejected = rejected.sort_values(["image_id", "question", "reason"], kind="stable").reset_index(drop=True)
     atomic_write_parquet(qa, qa_dir / "qa.parquet")
     atomic_write_parquet(rejected, qa_dir / "rejected.parquet")
@@ -1065,11 +1337,12 @@ def pending_requests(requests: list[QARequest], log: QALog, max_failures: int = 
 
 def generate(work, backend="template", prompt: str | None = None, model: str | None = None, max_images: int | None = None,
              seed: int = 42, batch_size: int | None = None, budget=None, verbose: bool = True, workers: int | None = None,
-             max_failures: int = 3, task: str = "vqa", **backend_options) -> pd.DataFrame:
+             max_failures: int = 3, task: str = "vqa", keep_contradicting: bool = False, **backend_options) -> pd.DataFrame:
     """Generate questions for the curated images of WORK (resumable) and return the compiled qa table (also WORK/qa/qa.parquet).
 
     `workers` requests run at once (the backend's own default when None); records are appended every `batch_size` completions
     (16 for the template backend, 1 for API backends); an image that failed `max_failures` times is skipped, with its reason.
+    A pair that contradicts its listing is rejected (`contradicts_metadata`) unless `keep_contradicting` keeps it, flagged.
     `task='caption'` writes reference captions instead (`abovqa.captions.generate_captions`, WORK/captions/captions.parquet)."""
     if task == "caption":
         from abovqa.captions import generate_captions
@@ -1091,10 +1364,15 @@ def generate(work, backend="template", prompt: str | None = None, model: str | N
     n_run, n_failed, stopped = run_requests(todo, backend, log, workers, batch_size, budget)
     if stopped:
         print(f"{stopped}: stopped after {n_run} of {len(todo)} requests (the next run continues)")
-    qa, rejected = compile_qa(work, keys={r.key for r in requests}, seed=seed)
+    qa, rejected = compile_qa(work, keys={r.key for r in requests}, seed=seed, keep_contradicting=keep_contradicting, listings=listings)
     if verbose:
         print(f"{len(requests)} images: {len(requests) - len(todo) - len(given_up)} already done, {n_run} run ({n_failed} failed); "
               f"{len(qa)} questions kept, {len(rejected)} rejected" + (f"; {log.n_malformed} malformed log lines skipped" if log.n_malformed else ""))
+        reasons = rejected["reason"].value_counts()
+        flagged = int((qa["verified"] == "contradicts").sum())
+        print(f"checked against the listings: {int((qa['verified'] == 'agrees').sum())} agree, {int((qa['verified'] == 'unknown').sum())} "
+              f"unknown, {reasons.get('contradicts_metadata', 0)} contradicting rejected" + (f", {flagged} contradicting kept" if flagged else "")
+              + f"; {reasons.get('near_duplicate', 0)} near-duplicates removed")
         if given_up:
             print(f"{len(given_up)} images skipped after {max_failures} failed attempts (their errors are in {log.path}); "
                   f"raise max_failures to try them again")

@@ -72,7 +72,7 @@ def test_validation_and_options_invariants(work):
     rejected = pd.read_parquet(work / "qa" / "rejected.parquet")
     assert qa["qa_id"].is_unique and qa["qa_id"].is_monotonic_increasing
     assert set(qa.columns) == {"qa_id", "image_id", "image_path", "item_id", "split", "question", "answer", "qtype", "difficulty",
-                               "options", "source"}
+                               "options", "source", "verified"}
     assert (qa["source"] == "template/v1").all()
     for question, answer, qtype in zip(qa["question"], qa["answer"], qa["qtype"]):
         assert answer == answer.lower() and len(answer.split()) == 1
@@ -182,9 +182,11 @@ def test_llm_style_text_backend_goes_through_the_same_validator(work):
             return ('```json\n[{"question": "What color is this product?", "answer": "Dark Red", "type": "color"},'
                     ' {"question": "What is this?", "answer": "A chair.", "type": "type"}]\n```')
 
-    qa = generate(work, backend=TextBackend(), max_images=3, verbose=False)
+    qa = generate(work, backend=TextBackend(), max_images=3, verbose=False, keep_contradicting=True)  # "chair" for any product
     rejected = pd.read_parquet(work / "qa" / "rejected.parquet")
     assert list(qa["answer"]) == ["chair"] * 3 and (qa["qtype"] == "type").all()   # "A chair." cleaned to one word
+    types = pd.read_parquet(work / "curated" / "listings.parquet").drop_duplicates("image_id").set_index("image_id")["product_type"]
+    assert list(qa["verified"]) == ["agrees" if types[i] == "CHAIR" else "contradicts" for i in qa["image_id"]]
     assert list(rejected["reason"]) == ["answer not one word"] * 3 and set(rejected["raw_answer"]) == {"Dark Red"}
     assert (qa["source"] == "echo:fake-llm/p1").all()
     assert all(r["raw"].startswith("```json") for r in QALog(work / "qa" / "qa.log.jsonl").records())
