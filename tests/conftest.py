@@ -80,6 +80,8 @@ def overlay_venv(image_python, dest) -> Path:
     python = dest / "bin" / "python"
     # addsitedir, not a bare path: the image's own .pth files (namespace packages, setuptools' shims) apply too
     (_purelib(python) / "_image_venv.pth").write_text(f"import site; site.addsitedir({str(_purelib(image_python))!r})\n")
+    image_prefix = subprocess.run([str(image_python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True)
+    (dest / "image-venv.txt").write_text(image_prefix.stdout.strip())  # for overlay_env's JUPYTER_PATH
     subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(dest), "--name", "python3",
                     "--display-name", "Python 3 (overlay)"], check=True, capture_output=True)
     return python
@@ -92,7 +94,9 @@ def overlay_env(dest, **extra) -> dict:
     dest = Path(dest)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "JUPYTER_PATH", "NLTK_DATA")}
     env.update(PATH=f"{dest / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(dest), PYTHONNOUSERSITE="1",
-               JUPYTER_PATH=str(dest / "share" / "jupyter"), NLTK_DATA=str(dest / "nltk_data"),
+               # the overlay's kernel first; then the image's Jupyter data (nbconvert's templates live there)
+               JUPYTER_PATH=os.pathsep.join(str(Path(p, "share", "jupyter")) for p in (dest, (dest / "image-venv.txt").read_text())),
+               NLTK_DATA=str(dest / "nltk_data"),
                ABOVQA_CACHE=str(dest / "abovqa-cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
     env.update(extra)
     return env
