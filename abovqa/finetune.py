@@ -725,7 +725,15 @@ def sft_trainer_class():
 
     class VlmSftTrainer(GuardedSteps, SFTTrainer):
         def __init__(self, *args, guard: NonFiniteGuard | None = None, **kw):
+            model = kw.get("model", args[0] if args else None)
+            trained = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad} if model is not None else {}
             super().__init__(*args, **kw)
+            # TRL casts a 4-bit model's trainable weights to bf16 where transformers still flags it `is_loaded_in_4bit`
+            # (5.0, Kaggle's): bf16 is emulated on a T4, and on a CPU the fp32 activations then meet a bf16 lm_head.
+            # Keep the dtypes the kit chose (as later transformers releases get them).
+            for n, p in self.model.named_parameters():
+                if n in trained and p.dtype != trained[n]:
+                    p.data = p.data.to(trained[n])
             self.guard = guard
 
     return VlmSftTrainer

@@ -219,6 +219,11 @@ def _quiet_transformers():
     transformers.utils.logging.set_verbosity_error()
 
 
+def _transformers_version() -> str:
+    from importlib.metadata import version  # not `import transformers`: a cache hit stays cheap
+    return version("transformers")
+
+
 def tiny_dir(name: str) -> Path:
     return cache_dir() / "tiny" / name
 
@@ -228,7 +233,9 @@ def ensure_tiny(name: str, rebuild: bool = False) -> Path:
     spec = get_spec(name)
     target = tiny_dir(name)
     marker = target / "abovqa_tiny.json"
-    version = f"{TINY_VERSION}-{content_hash(sorted(tiny_vocab().items()), n=8)}"  # a new vocabulary rebuilds
+    # a new vocabulary rebuilds, and so does another transformers: a dir saved by one may not load in another
+    # (class names in its configs), and the cache outlives an upgrade (a Colab Drive, a reused venv)
+    version = f"{TINY_VERSION}-{_transformers_version()}-{content_hash(sorted(tiny_vocab().items()), n=8)}"
     if not rebuild and marker.exists() and json.loads(marker.read_text()).get("version") == version:
         return target
     import torch
@@ -263,11 +270,21 @@ TINY_IMAGE_SIZE = 64
 _TINY_LAYERS = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)  # every tiny transformer
 
 
+def _pil_image_processor(family: str):
+    "The PIL image processor class of `family` (\"Blip\", \"CLIP\", ...): one that needs no torchvision."
+    import transformers
+    # current releases name it `BlipImageProcessorPil` (plain `BlipImageProcessor` wants torchvision there);
+    # transformers 5.0 (Kaggle's image) has no *Pil classes and its plain `BlipImageProcessor` is the PIL one
+    cls = getattr(transformers, f"{family}ImageProcessorPil", None) or getattr(transformers, f"{family}ImageProcessor")
+    assert not cls.__name__.endswith("Fast"), cls  # the Fast ones are torchvision's
+    return cls
+
+
 @_tiny_builder("blip")
 def _build_tiny_blip(path: Path, model_class: str = "BlipForQuestionAnswering", max_positions: int = 128):
     "A tiny BLIP of `model_class` (the VQA head here; the captioning head in \"Captioning\") with the tiny tokenizer."
     import transformers
-    from transformers import BlipConfig, BlipImageProcessorPil, BlipProcessor
+    from transformers import BlipConfig, BlipProcessor
     tok = tiny_tokenizer()
     vocab = tok.get_vocab()
     config = BlipConfig(
@@ -275,7 +292,7 @@ def _build_tiny_blip(path: Path, model_class: str = "BlipForQuestionAnswering", 
                          bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"]),
         vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8),
         projection_dim=32)
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
+    processor = BlipProcessor(image_processor=_pil_image_processor("Blip")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
                               tokenizer=tok)
     _save(path, getattr(transformers, model_class)(config), processor)
 
@@ -404,7 +421,15 @@ class Adapter:
         if self.adapter_dir and not (self.adapter_dir / "adapter_config.json").exists():
             source = str(self.adapter_dir)  # a full fine-tune saved with save_pretrained
         self.processor = self.load_processor(source)
-        model = getattr(transformers, self.model_class).from_pretrained(source, **self.model_kwargs())
+        kw = self.model_kwargs()
+        try:
+            model = getattr(transformers, self.model_class).from_pretrained(source, **kw)
+        except ValueError as e:
+            # transformers 5.0 (Kaggle's) refuses SDPA for a whole model if one part lacks it (BLIP-2's Q-Former), where
+            # later releases have it: then let transformers choose per part (SDPA wherever it can, its default)
+            if "attention implementation" not in str(e) or kw.pop("attn_implementation", None) is None:
+                raise
+            model = getattr(transformers, self.model_class).from_pretrained(source, **kw)
         if self.adapter_dir and (self.adapter_dir / "adapter_config.json").exists():
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, str(self.adapter_dir)).merge_and_unload()
@@ -504,13 +529,13 @@ class ViltVqaAdapter(Adapter):
 
 @_tiny_builder("vilt")
 def _build_tiny_vilt(path: Path):
-    from transformers import ViltConfig, ViltForQuestionAnswering, ViltImageProcessorPil, ViltProcessor
+    from transformers import ViltConfig, ViltForQuestionAnswering, ViltProcessor
     tok = tiny_tokenizer()
     labels = list(dict.fromkeys(ANSWER_WORDS))
     config = ViltConfig(vocab_size=len(tok.get_vocab()), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, image_size=TINY_IMAGE_SIZE, patch_size=8, max_position_embeddings=40,
                         num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-    processor = ViltProcessor(image_processor=ViltImageProcessorPil(size={"shortest_edge": TINY_IMAGE_SIZE}, size_divisor=8),
+    processor = ViltProcessor(image_processor=_pil_image_processor("Vilt")(size={"shortest_edge": TINY_IMAGE_SIZE}, size_divisor=8),
                               tokenizer=tok)
     _save(path, ViltForQuestionAnswering(config), processor)
 
@@ -600,7 +625,7 @@ def _features(output):
 
 @_tiny_builder("clip")
 def _build_tiny_clip(path: Path):
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
     tok = tiny_tokenizer()
     vocab = tok.get_vocab()
     config = CLIPConfig(
@@ -608,7 +633,7 @@ def _build_tiny_clip(path: Path):
                          bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"]),  # pooled at the [SEP] token
         vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8), projection_dim=32)
     size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size=size),
+    processor = CLIPProcessor(image_processor=_pil_image_processor("CLIP")(size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size=size),
                               tokenizer=tok)
     _save(path, CLIPModel(config), processor)
 
@@ -700,7 +725,7 @@ def _tiny_decoder(model_type: str, vocab: dict, eos: str = "[SEP]", **kw) -> dic
 
 @_tiny_builder("blip2")
 def _build_tiny_blip2(path: Path):
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
     tok = _tiny_tokenizer_with_image_token()
     vocab = tok.get_vocab()
     config = Blip2Config(
@@ -710,15 +735,15 @@ def _build_tiny_blip2(path: Path):
                          ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=256, pad_token_id=vocab["[PAD]"],
                          bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"]),
         num_query_tokens=4, image_token_index=vocab["<image>"])
-    processor = Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
+    processor = Blip2Processor(image_processor=_pil_image_processor("Blip")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
                                tokenizer=tok, num_query_tokens=4)
     _save(path, Blip2ForConditionalGeneration(config), processor)
 
 
 @_tiny_builder("llava")
 def _build_tiny_llava(path: Path):
-    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    _build_tiny_llava_like(path, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, CLIPImageProcessorPil,
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    _build_tiny_llava_like(path, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, _pil_image_processor("CLIP"),
                            _tiny_tokenizer_with_image_token(), "llama", LLAVA_TINY_CHAT_TEMPLATE)
 
 
@@ -783,7 +808,7 @@ def _saved_processor_class(source) -> str | None:
 
 @_tiny_builder("qwen2_5_vl")
 def _build_tiny_qwen(path: Path):
-    from transformers import AddedToken, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import AddedToken, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     tok = tiny_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in QWEN_TINY_SPECIAL_TOKENS]})
     vocab = tok.get_vocab()
@@ -796,8 +821,8 @@ def _build_tiny_qwen(path: Path):
                          pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["<|im_end|>"]),
         image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
         vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=TINY_IMAGE_SIZE ** 2, patch_size=8, merge_size=2,
-                                               temporal_patch_size=2)
+    image_processor = _pil_image_processor("Qwen2VL")(min_pixels=32 * 32, max_pixels=TINY_IMAGE_SIZE ** 2, patch_size=8,
+                                                      merge_size=2, temporal_patch_size=2)
     processor = _tiny_qwen_processor_class()(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_TINY_CHAT_TEMPLATE)
     _save(path, Qwen2_5_VLForConditionalGeneration(config), processor)
 
@@ -866,8 +891,7 @@ class Florence2Adapter(GenerativeVlmAdapter):
 
 @_tiny_builder("instructblip")
 def _build_tiny_instructblip(path: Path):
-    from transformers import (BlipImageProcessorPil, InstructBlipConfig, InstructBlipForConditionalGeneration,
-                              InstructBlipProcessor)
+    from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
     tok = _tiny_tokenizer_with_image_token()
     vocab = tok.get_vocab()
     config = InstructBlipConfig(
@@ -877,31 +901,31 @@ def _build_tiny_instructblip(path: Path):
                          num_heads=2, feed_forward_proj="gated-gelu", pad_token_id=vocab["[PAD]"], eos_token_id=vocab["[SEP]"],
                          decoder_start_token_id=vocab["[PAD]"]),
         num_query_tokens=4, image_token_index=vocab["<image>"])
-    processor = InstructBlipProcessor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
+    processor = InstructBlipProcessor(image_processor=_pil_image_processor("Blip")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
                                       tokenizer=tok, qformer_tokenizer=tiny_tokenizer(), num_query_tokens=4)
     _save(path, InstructBlipForConditionalGeneration(config), processor)
 
 
 @_tiny_builder("llava_gemma")
 def _build_tiny_llava_gemma(path: Path):
-    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     tok = _tiny_tokenizer_with("<image>", "<start_of_turn>", "<end_of_turn>")
-    _build_tiny_llava_like(path, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, CLIPImageProcessorPil, tok, "gemma",
+    _build_tiny_llava_like(path, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, _pil_image_processor("CLIP"), tok, "gemma",
                            GEMMA_TINY_CHAT_TEMPLATE, text_kw=dict(eos="<end_of_turn>", num_key_value_heads=1, head_dim=16))
 
 
 @_tiny_builder("llava_next")
 def _build_tiny_llava_next(path: Path):
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     tok = _tiny_tokenizer_with("<image>", "[INST]", "[/INST]", max_length=1024)
-    _build_tiny_llava_like(path, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor, LlavaNextImageProcessorPil,
+    _build_tiny_llava_like(path, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor, _pil_image_processor("LlavaNext"),
                            tok, "mistral", MISTRAL_TINY_CHAT_TEMPLATE, text_kw=dict(num_key_value_heads=1, head_dim=16),
                            image_kw=dict(image_grid_pinpoints=TINY_GRID_PINPOINTS), image_grid_pinpoints=TINY_GRID_PINPOINTS)
 
 
 @_tiny_builder("florence2")
 def _build_tiny_florence2(path: Path):
-    from transformers import BertTokenizer, CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+    from transformers import BertTokenizer, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
     # Florence2Processor wraps every prompt in bos/eos and reads `tokenizer.image_token`
     tok = BertTokenizer(vocab=tiny_vocab(), do_lower_case=True, bos_token="[CLS]", eos_token="[SEP]", model_max_length=256,
                         extra_special_tokens={"image_token": "<image>"})
@@ -915,7 +939,7 @@ def _build_tiny_florence2(path: Path):
                          pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"],
                          decoder_start_token_id=vocab["[SEP]"], forced_eos_token_id=None))
     size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    image_processor = CLIPImageProcessorPil(size=size, crop_size=size, do_center_crop=False)
+    image_processor = _pil_image_processor("CLIP")(size=size, crop_size=size, do_center_crop=False)
     # DaViT strides 4 * 2 give an 8x8 grid, plus the pooled token Florence-2 prepends
     image_processor.image_seq_length = (TINY_IMAGE_SIZE // 8) ** 2 + 1
     _save(path, Florence2ForConditionalGeneration(config), Florence2Processor(image_processor=image_processor, tokenizer=tok))
