@@ -46,11 +46,7 @@ $(KAGGLE_STAMP): kaggle/image-constraints.txt kaggle/image-packages.txt
 # checkout so no build/ or egg-info is left in it.
 wheel: $(STAMP)
 	rm -f dist/abovqa-*.whl
-	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	$(BIN)/python -c 'import shutil, sys; shutil.copytree(".", sys.argv[1] + "/src", ignore=shutil.ignore_patterns(*sys.argv[2:]))' \
-		"$$tmp" .git '.venv*' runs dist build '*.egg-info' _site _docs _proc __pycache__ kaggle_build .pytest_cache && \
-	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist "$$tmp/src"
-	@ls -l dist/abovqa-*.whl
+	$(BIN)/python -c 'import sys; from abovqa.kaggle import build_wheel; print(build_wheel(sys.argv[1]))' dist
 
 # The docs test drives Debian's headless Chromium (no browser download: the package registry only).
 chromium:

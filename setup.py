@@ -22,7 +22,7 @@ def requirements(key):
     return cfg.get(key, "").split()
 
 
-# What the wheel carries besides the modules, under <lib>/nbs/ (and settings.ini under <lib>/): the pipeline notebooks
+# What the wheel carries besides the modules, under <lib>/nbs/ (settings.ini under <lib>/, kaggle/image-*.txt under <lib>/_kit/): the pipeline notebooks
 # `abovqa demo|run|kaggle build` execute, and what `abovqa docs` renders (every notebook, the sidebar, styles).
 NOTEBOOK_FILES = ["*.ipynb", "pipeline/*.ipynb", "*.yml", "*.css"]
 
@@ -44,6 +44,9 @@ class BuildPyWithNotebooks(build_py):
             self.mkpath(str(target.parent))
             self.copy_file(str(f), str(target))
         self.copy_file(str(root / "settings.ini"), str(package / "settings.ini"))  # nbdev's config, for `abovqa docs`
+        for f in sorted((root / "kaggle").glob("image-*.txt")):  # what Kaggle's image has: `abovqa kaggle build` reads it
+            self.mkpath(str(package / "_kit" / "kaggle"))
+            self.copy_file(str(f), str(package / "_kit" / "kaggle" / f.name))
 
 
 setuptools.setup(

@@ -12,9 +12,6 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 IMAGE_VENV = REPO / ".venv-kaggle"  # `make .venv-kaggle`: what Kaggle's image preinstalls, without abovqa
 IMAGE_CONSTRAINTS = REPO / "kaggle" / "image-constraints.txt"
-# what a copy of the checkout leaves out when the wheel is built from it (venvs, outputs, earlier builds)
-NOT_SOURCE = (".git", ".venv*", "runs", "dist", "build", "*.egg-info", "_site", "_docs", "_proc", "__pycache__", "kaggle_build",
-              ".pytest_cache", ".ipynb_checkpoints")
 
 
 @pytest.fixture(scope="session")
@@ -46,15 +43,9 @@ def study(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def built_wheel(tmp_path_factory) -> Path:
-    "The abovqa wheel, built once per session from a temporary copy of the checkout (so no build/ lands in it)."
-    tmp = tmp_path_factory.mktemp("wheel")
-    shutil.copytree(REPO, tmp / "src", ignore=shutil.ignore_patterns(*NOT_SOURCE))
-    # no build isolation: setuptools comes from this venv, so the build needs no network
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
-                           str(tmp / "src")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (wheel,) = (tmp / "dist").glob("abovqa-*.whl")
-    return wheel
+    "The abovqa wheel, built once per session the way `abovqa kaggle build` builds it (a temporary copy: no build/ lands here)."
+    from abovqa.kaggle import build_wheel
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="session")
