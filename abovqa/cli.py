@@ -109,14 +109,28 @@ def _predict(a):
 
 
 def _finetune(a):
-    from abovqa.finetune import finetune, resolve_config
+    import json
+    from abovqa.finetune import finetune, resolve_config, show_config
     if a.task == "caption" and not a.config:  # captions train with vlm-qlora and seed 004's settings (a tiny model: the demo's)
         a.config = "demo-caption" if a.size == "tiny" else "seed004-caption"
-    if (task := resolve_config(a.recipe, a.config, a.size).task) != a.task:
+    settings = _parse_params(a.set)  # --set learning_rate=2e-5 target_modules=[query,value]
+    try:
+        task = resolve_config(a.recipe, a.config, a.size, **settings).task
+    except (KeyError, TypeError) as e:
+        raise SystemExit(f"abovqa finetune: {e}") from None
+    if task != a.task:
         raise SystemExit(f"abovqa finetune: config {a.config or '(default)'!r} of {a.recipe} trains {task!r}, not --task {a.task}")
+    if a.show_config:
+        print(json.dumps(show_config(a.recipe, a.config, a.size, model=a.model, max_steps=a.max_steps, **settings), indent=2, default=str))
+        return 0
     overrides = {k: v for k, v in dict(config=a.config, model=a.model, max_steps=a.max_steps, run=a.run,
                                        processes=a.processes).items() if v is not None}
-    result = finetune(a.work, recipe=a.recipe, size=a.size, **overrides)
+    try:
+        result = finetune(a.work, recipe=a.recipe, size=a.size, allow_change=a.allow_change, **overrides, **settings)
+    except ValueError as e:
+        if "other settings" not in str(e):
+            raise
+        raise SystemExit(f"abovqa finetune: {e}") from None
     for key, value in result.items():
         print(f"{key}: {value}")
     return 0
@@ -298,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default="vqa", choices=["vqa", "caption"],
                    help="caption: vlm-qlora on WORK/captions (config seed004-caption; demo-caption when --size tiny)")
     s.add_argument("--processes", type=int, help="DDP processes via accelerate launch (default: one per GPU, 1 on a CPU)")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="change a config setting (learning_rate=2e-5, batch_size=4, ...)")
+    s.add_argument("--allow-change", action="store_true",
+                   help="resume a run with changed settings (--set), recorded in the run's history (seed 001's learning-rate drop)")
+    s.add_argument("--show-config", action="store_true", help="print the resolved LoRA settings and training arguments as JSON and exit")
     s.set_defaults(func=_finetune)
 
     s = sub.add_parser("evaluate", help="score every predictions/*.parquet")

@@ -22,9 +22,9 @@ __all__ = ['POSTPROCESSORS', 'POSTPROCESSOR_ORIGINS', 'PROMPTS', 'PROMPTS_VERSIO
            'TINY_IMAGE_SIZE', 'ADAPTERS', 'COMMON_ANSWERS', 'LLAVA_TINY_CHAT_TEMPLATE', 'QWEN_TINY_SPECIAL_TOKENS',
            'QWEN_TINY_CHAT_TEMPLATE', 'GEMMA_TINY_CHAT_TEMPLATE', 'MISTRAL_TINY_CHAT_TEMPLATE', 'TINY_GRID_PINPOINTS',
            'SEED_003_SAMPLING', 'CAPTION_MAX_NEW_TOKENS', 'CAPTION_PROMPTS_VERSION', 'SEED004_CAPTION_PROMPT',
-           'CAPTION_PROMPTS', 'first_word', 'strip_answer', 'last_word', 'dedupe_first', 'caption_text',
-           'get_postprocessor', 'format_prompt', 'tiny_vocab', 'tiny_tokenizer', 'ModelSpec', 'register',
-           'supported_tasks', 'models_for', 'get_spec', 'tiny_dir', 'ensure_tiny', 'attached_weights',
+           'SEED004_TRAIN_CAPTION_PROMPT', 'CAPTION_PROMPTS', 'first_word', 'strip_answer', 'last_word', 'dedupe_first',
+           'caption_text', 'get_postprocessor', 'format_prompt', 'tiny_vocab', 'tiny_tokenizer', 'ModelSpec',
+           'register', 'supported_tasks', 'models_for', 'get_spec', 'tiny_dir', 'ensure_tiny', 'attached_weights',
            'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter', 'ViltVqaAdapter', 'ClipZeroShotAdapter',
            'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter', 'LlavaAdapter', 'Qwen25VlAdapter',
            'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter', 'BlipCaptionAdapter']
@@ -981,7 +981,16 @@ SEED004_CAPTION_PROMPT = (
     "immediate setting or context if prominent. Describe spatial positions and the composition where they matter. The caption "
     "must be in the present tense, maintain a neutral, factual tone (like a museum or news catalog entry), and avoid subjective "
     "opinions.")
-CAPTION_PROMPTS = {"seed004": SEED004_CAPTION_PROMPT, "blip2": "a photo of", "unconditional": "", "florence": "<MORE_DETAILED_CAPTION>"}
+# seed 004 trained on this one (15 to 25 words, no spatial sentence) and captioned with the one above
+SEED004_TRAIN_CAPTION_PROMPT = (
+    "Generate a single-sentence, objective, and descriptive caption for the given image. Strive to be as comprehensive and "
+    "detailed as possible, keeping it between 15 to 25 words. Your caption should focus on multiple significant visible "
+    "elements: identify primary subjects (e.g., people, animals) and their actions or notable characteristics; describe key "
+    "objects and their attributes; include specific brand names or clearly legible text from signs/labels; and mention the "
+    "immediate setting or context if prominent. The caption must be in the present tense, maintain a neutral, factual tone "
+    "(like a museum or news catalog entry), and avoid subjective opinions.")
+CAPTION_PROMPTS = {"seed004": SEED004_CAPTION_PROMPT, "seed004-train": SEED004_TRAIN_CAPTION_PROMPT, "blip2": "a photo of",
+                   "unconditional": "", "florence": "<MORE_DETAILED_CAPTION>"}
 class BlipCaptionAdapter(Adapter):
     "BLIP's captioning checkpoint: an image in, a caption out (a text prefix, when the prompt has one, conditions it)."
     model_class, processor_class = "BlipForConditionalGeneration", "BlipProcessor"
