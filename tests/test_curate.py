@@ -209,3 +209,21 @@ def test_odd_metadata_does_not_break_the_outputs(tmp_path):
     kept, dropped, _ = assert_invariants(tmp_path / "work")
     assert stats["steps"]["has_item_id"] == 11 and dropped.loc[dropped.item_id.isna(), "reason"].tolist() == ["has_item_id"]
     assert "12345" in set(kept.name) and set(kept.gift_wrap) == {"yes", "1"}
+
+
+# ---- the speed-up changes nothing: outputs against fingerprints of the implementation before it ----------------
+
+import curate_fingerprint as fp  # noqa: E402
+
+REFERENCE = json.loads((REPO / "tests" / "data" / "curate_reference.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def damaged(sample, tmp_path_factory):
+    return fp.damaged_copy(sample, tmp_path_factory.mktemp("damaged") / "abo")
+
+
+@pytest.mark.parametrize("name,kwargs", fp.CASES + fp.DAMAGED, ids=[n for n, _ in fp.CASES + fp.DAMAGED])
+def test_outputs_match_the_reference_implementation(sample, damaged, tmp_path, name, kwargs):
+    root = damaged if name.startswith("damaged") else sample
+    assert fp.run_case(root, tmp_path, kwargs) == REFERENCE[name]
