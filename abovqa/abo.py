@@ -278,6 +278,7 @@ ABO_FIELDS = frozenset(SEED001_ATTRIBUTES) | {
     "product_type", "item_name"}
 _SINGLE_ATTRIBUTES = ("item_name", "color", "product_type", "brand", "material", "item_shape", "pattern", "style",
                       "fabric_type", "finish_type", "product_description")
+_COUNTED = tuple(a for a in SEED001_ATTRIBUTES if a in _SINGLE_ATTRIBUTES)  # the rest (keywords, bullets) are lists
 EXTRA_ALIASES = {"number_of_items": "n_parts"}  # the count of parts questions ask about
 LISTING_COLUMNS = ["item_id", "domain_name", "main_image_id", "other_image_ids", "product_type", "name", "brand",
                    "color", "color_standardized", "material", "shape", "pattern", "style", "fabric_type",
@@ -290,7 +291,7 @@ def flatten_listing(record: dict, prefer=ENGLISH) -> dict:
     prefer = tuple(prefer)
     ranks = _ranks(prefer)
     get = record.get
-    picked = {a: _best(get(a), prefer, ranks) for a in _SINGLE_ATTRIBUTES}
+    picked = {a: (_best(v, prefer, ranks) if (v := get(a)) else None) for a in _SINGLE_ATTRIBUTES}  # most fields are absent: no call
     keywords = _all(get("item_keywords"), prefer, ranks)
     bullets = _all(get("bullet_point"), prefer, ranks)
     name_entry, color_entry = picked["item_name"], picked["color"]
@@ -319,9 +320,11 @@ def flatten_listing(record: dict, prefer=ENGLISH) -> dict:
         "description": _text(picked["product_description"]),
         "model_number": str(model[0].get("value")) if type(model) is list and model and type(model[0]) is dict else None,
         "language": name_entry.get("language_tag") if name_entry else None,
-        "n_english_attributes": sum(picked[a] is not None for a in SEED001_ATTRIBUTES if a in picked) + bool(keywords) + bool(bullets),
+        "n_english_attributes": sum(1 for a in _COUNTED if picked[a] is not None) + bool(keywords) + bool(bullets),
         "name_languages": list(dict.fromkeys(v.get("language_tag") for v in names if type(v) is dict and v.get("language_tag"))) if type(names) is list else [],
     }
+    if record.keys() <= ABO_FIELDS:  # real ABO listings have no extras: skip the loop below
+        return row
     for key, value in record.items():  # extras of derived catalogs (e.g. the sample's number_of_items)
         if key in ABO_FIELDS:
             continue
@@ -429,6 +432,13 @@ def _workers(workers: int | None) -> int:
         return os.cpu_count() or 1
 
 
+def _worker_env() -> dict:
+    "The environment of a worker interpreter: this very abovqa first on its path."
+    import abovqa
+    root = str(Path(abovqa.__file__).resolve().parents[1])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+
 def _parse_worker() -> None:
     "Entry point of a parse worker: parse the files given on stdin, one Arrow file each into the output folder."
     import sys
@@ -454,7 +464,7 @@ def _parse_in_processes(paths: list[Path], prefer: tuple, workers: int) -> list:
     import subprocess
     import sys
     import tempfile
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = _worker_env()
     order = sorted(range(len(paths)), key=lambda i: -paths[i].stat().st_size)  # largest first, dealt round-robin
     with tempfile.TemporaryDirectory(prefix="abovqa-parse-") as out:
         procs = []
@@ -474,7 +484,7 @@ def _parse_in_processes(paths: list[Path], prefer: tuple, workers: int) -> list:
 def _parse(paths: list[Path], prefer: tuple, workers: int | None) -> tuple[pa.Table, list[str], dict]:
     "Parse `paths` (in worker processes when they are large) into one table, its extras and the read errors."
     workers = min(_workers(workers), len(paths))
-    if workers > 1 and "__file__" in globals() and sum(p.stat().st_size for p in paths) > _PARALLEL_BYTES:
+    if workers > 1 and sum(p.stat().st_size for p in paths) > _PARALLEL_BYTES:
         parts = _parse_in_processes(paths, prefer, workers)
     else:
         parts = [_file_table(p, prefer) for p in paths]
@@ -492,7 +502,8 @@ def _parse(paths: list[Path], prefer: tuple, workers: int | None) -> tuple[pa.Ta
 def _cache_path(paths: list[Path], prefer: tuple) -> Path:
     "Where the parse of `paths` under `prefer` is cached: keyed by each file's path, size and mtime, the policy and this module's code."
     stamps = [(str(p.resolve()), st.st_size, st.st_mtime_ns) for p in paths for st in [p.stat()]]
-    code = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest() if "__file__" in globals() else "nb"
+    import abovqa
+    code = hashlib.blake2b((Path(abovqa.__file__).parent / "abo.py").read_bytes(), digest_size=8).hexdigest()  # the parser's code
     return cache_dir() / "listings" / f"{content_hash('abovqa-listings-1', code, list(prefer), stamps)}.arrow"
 
 
