@@ -22,7 +22,8 @@ def _sample(a):
 
 def _curate(a):
     from abovqa.curate import curate
-    stats = curate(a.abo_root, a.work, preset=a.preset, max_per_type=a.max_per_type, seed=a.seed, image_check=not a.no_image_check)
+    stats = curate(a.abo_root, a.work, preset=a.preset, max_per_type=a.max_per_type, seed=a.seed, image_check=not a.no_image_check,
+                   workers=a.workers, listings_cache=not a.no_cache)
     steps = stats.get("steps", {})
     width = max((len(k) for k in steps), default=0)
     for step, n in steps.items():
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-per-type", type=int)
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--no-image-check", action="store_true", help="metadata-only run: skip opening every image")
+    s.add_argument("--workers", type=int, help="processes for parsing and image checks (default: every core)")
+    s.add_argument("--no-cache", action="store_true", help="parse the listings again instead of reusing the cached parse")
     s.set_defaults(func=_curate)
 
     s = sub.add_parser("qagen", help="generate single-word-answer questions")

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .abo import ENGLISH, LISTING_COLUMNS, _rank, _workers, find_abo_files, load_listings, read_images_csv
+from .abo import ENGLISH, LISTING_COLUMNS, _rank, _worker_env, _workers, find_abo_files, load_listings, read_images_csv
 from .core import atomic_write_parquet, atomic_write_text
 
 # %% auto #0
@@ -80,7 +80,7 @@ def _check_in_processes(paths: list, workers: int, bar) -> list:
     import selectors
     import subprocess
     import sys
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = _worker_env()
     results: list = [None] * len(paths)
     sel = selectors.DefaultSelector()
     for w in range(workers):
@@ -109,12 +109,12 @@ def _check_in_processes(paths: list, workers: int, bar) -> list:
 
 
 def check_images(paths, workers: int | None = None, how: str = "auto", progress: bool = True) -> list[tuple[str | None, str | None]]:
-    "check_image for many files, in order: in worker processes (`how='processes'`, one per core), a thread pool (`'threads'`), or `'auto'` (processes from 2,000 files on); a progress bar with the rate."
+    "check_image for many files, in order: in worker processes (`how='processes'`, one per core), a thread pool (`'threads'`), or `'auto'` (processes from 10,000 files on); a progress bar with the rate."
     from tqdm import tqdm  # the text bar: papermill and logs have no widgets
     paths = list(paths)
     cores = _workers(None)
     if how == "auto":
-        how = "processes" if len(paths) >= 2000 and cores > 1 else "threads"
+        how = "processes" if len(paths) >= 10_000 and cores > 1 else "threads"
     with tqdm(total=len(paths), desc="image checks", unit="img", disable=not progress or len(paths) < 64, mininterval=1) as bar:
         if how == "processes" and len(paths) >= 64 and workers != 1:
             return _check_in_processes(paths, min(workers or cores, len(paths)), bar)
