@@ -179,7 +179,7 @@ def listing_groups(item_ids, main_image_ids, other_image_ids, max_listings_per_i
     edge_items = np.concatenate([item_codes[has_main], item_codes[parents]])
     valid = (edge_items >= 0) & (image_codes >= 0)
     n_items, n_images = len(items), max(1, len(images))
-    pairs = np.unique(edge_items[valid] * n_images + image_codes[valid])
+    pairs = pd.unique(edge_items[valid] * n_images + image_codes[valid])  # hashed, not sorted: order does not matter below
     edge_items, edge_images = pairs // n_images, pairs % n_images
     items_per_image = np.bincount(edge_images, minlength=n_images)
     generic_codes = items_per_image > max_listings_per_image
@@ -556,7 +556,9 @@ def _metadata_texts(t: pd.DataFrame) -> list[str]:
 def _table(listings: pd.DataFrame, images: pd.DataFrame, groups, seed: int, splits: dict) -> pd.DataFrame:
     "The listings with their main image's csv row, group and split."
     images = images.drop_duplicates("image_id")
-    pos = pd.Index(images.image_id).get_indexer(listings.main_image_id.astype(object))
+    # hashed by Arrow: no Python string per id
+    pos = pc.fill_null(pc.index_in(_arrow(listings.main_image_id).cast(pa.large_string()),
+                                   value_set=_arrow(images.image_id).cast(pa.large_string())), -1).to_numpy(zero_copy_only=False)
     found = pos >= 0
     t = listings.rename(columns={"main_image_id": "image_id"})
     for col, src in (("image_path", "path"), ("height", "height"), ("width", "width")):
