@@ -267,10 +267,18 @@ def _list_lengths(col: pd.Series) -> np.ndarray:
     return col.map(len).to_numpy()
 
 
+def _isascii(col: pd.Series) -> np.ndarray:
+    "Whether each value is ASCII text, missing values False: Arrow's kernel (`Series.str.isascii` is pandas 3 only)."
+    a = _arrow(col)
+    if not (pa.types.is_string(a.type) or pa.types.is_large_string(a.type)):
+        a = _arrow(col.astype("str"))
+    return pc.fill_null(pc.string_is_ascii(a), False).to_numpy(zero_copy_only=False)
+
+
 def _list_isascii(col: pd.Series) -> np.ndarray:
     "Whether every value of each list is ASCII (what `', '.join(values).isascii()` says), vectorised for Arrow lists."
     if not isinstance(col.dtype, pd.ArrowDtype):
-        return col.map(", ".join).astype("str").str.isascii().fillna(False).to_numpy(dtype=bool)
+        return _isascii(col.map(", ".join))
     lists = _arrow(col)
     flat = pc.list_flatten(lists)
     bad = ~pc.fill_null(pc.string_is_ascii(flat), False).to_numpy(zero_copy_only=False)
@@ -291,7 +299,7 @@ def step_ascii(t, ctx, fields=("name", "product_type", "color", "keywords")):
     "Every field is plain ASCII (seed 000 dropped non-ASCII metadata)."
     keep = np.ones(len(t), dtype=bool)
     for f in fields:
-        keep &= _list_isascii(t[f]) if f in ("keywords", "bullet_points") else t[f].astype("str").str.isascii().fillna(False).to_numpy(dtype=bool)
+        keep &= _list_isascii(t[f]) if f in ("keywords", "bullet_points") else _isascii(t[f])
     return keep
 
 
