@@ -109,12 +109,12 @@ def _check_in_processes(paths: list, workers: int, bar) -> list:
 
 
 def check_images(paths, workers: int | None = None, how: str = "auto", progress: bool = True) -> list[tuple[str | None, str | None]]:
-    "check_image for many files, in order: in worker processes (`how='processes'`, one per core), a thread pool (`'threads'`), or `'auto'` (processes from 10,000 files on); a progress bar with the rate."
+    "check_image for many files, in order: in worker processes (`how='processes'`, one per core), a thread pool (`'threads'`), or `'auto'` (processes for 10,000 files or more on 4 cores or more); a progress bar with the rate."
     from tqdm import tqdm  # the text bar: papermill and logs have no widgets
     paths = list(paths)
     cores = _workers(None)
     if how == "auto":
-        how = "processes" if len(paths) >= 10_000 and cores > 1 else "threads"
+        how = "processes" if len(paths) >= 10_000 and cores >= 4 else "threads"
     with tqdm(total=len(paths), desc="image checks", unit="img", disable=not progress or len(paths) < 64, mininterval=1) as bar:
         if how == "processes" and len(paths) >= 64 and workers != 1:
             return _check_in_processes(paths, min(workers or cores, len(paths)), bar)
@@ -633,8 +633,8 @@ def curate(abo_root, work, preset="balanced", max_per_type: int | None = None, s
         counts[label] = len(table)
 
     kept = table.copy()
-    for c in kept.columns:  # Arrow lists back to Python lists: the files hold them as before
-        if _is_list(kept[c]) and isinstance(kept[c].dtype, pd.ArrowDtype):
+    for c in set(OUTPUT_COLUMNS) | {c for _, c in METADATA_FIELDS}:  # the lists written or described, as Python lists as before
+        if c in kept.columns and isinstance(kept[c].dtype, pd.ArrowDtype) and _is_list(kept[c]):
             kept[c] = pd.Series(_arrow(kept[c]).to_pylist(), index=kept.index, dtype=object)
     kept["metadata_text"] = _metadata_texts(kept)
     kept["image_format"] = pd.Series([ctx.image_formats.get(i) for i in kept.image_id], index=kept.index, dtype="str")
