@@ -433,9 +433,11 @@ def _workers(workers: int | None) -> int:
 
 
 def _worker_env() -> dict:
-    "The environment of a worker interpreter: this very abovqa first on its path."
+    "The environment of a worker interpreter: this very abovqa first on its path (an installed one is found anyway)."
     import abovqa
     root = str(Path(abovqa.__file__).resolve().parents[1])
+    if Path(root).name in ("site-packages", "dist-packages"):  # never put site-packages ahead of the standard library
+        return dict(os.environ)
     return dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
 
