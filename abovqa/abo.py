@@ -9,6 +9,8 @@ import contextlib
 import fnmatch
 import gc
 import gzip
+import hashlib
+import json
 import os
 import zlib
 from collections.abc import Iterable, Iterator
@@ -19,10 +21,13 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from .core import cache_dir, content_hash
+
 # %% auto #0
 __all__ = ['IMAGE_DIR_NAMES', 'ENGLISH', 'IMAGE_COLUMNS', 'SEED001_ATTRIBUTES', 'ABO_FIELDS', 'EXTRA_ALIASES', 'LISTING_COLUMNS',
-           'AboFiles', 'find_abo_files', 'write_listings', 'write_images_csv', 'iter_listing_records', 'pick_language',
-           'pick_all', 'read_images_csv', 'flatten_listing', 'load_listings']
+           'LISTINGS_CACHE_KEEP', 'AboFiles', 'find_abo_files', 'write_listings', 'write_images_csv',
+           'iter_listing_records', 'pick_language', 'pick_all', 'read_images_csv', 'flatten_listing', 'listings_table',
+           'load_listings']
 
 # %% ../nbs/01_abo.ipynb #67c162cc
 IMAGE_DIR_NAMES = ("small", "original")  # folders of image shards: never walked into
@@ -273,6 +278,7 @@ ABO_FIELDS = frozenset(SEED001_ATTRIBUTES) | {
     "product_type", "item_name"}
 _SINGLE_ATTRIBUTES = ("item_name", "color", "product_type", "brand", "material", "item_shape", "pattern", "style",
                       "fabric_type", "finish_type", "product_description")
+_COUNTED = tuple(a for a in SEED001_ATTRIBUTES if a in _SINGLE_ATTRIBUTES)  # the rest (keywords, bullets) are lists
 EXTRA_ALIASES = {"number_of_items": "n_parts"}  # the count of parts questions ask about
 LISTING_COLUMNS = ["item_id", "domain_name", "main_image_id", "other_image_ids", "product_type", "name", "brand",
                    "color", "color_standardized", "material", "shape", "pattern", "style", "fabric_type",
@@ -285,7 +291,7 @@ def flatten_listing(record: dict, prefer=ENGLISH) -> dict:
     prefer = tuple(prefer)
     ranks = _ranks(prefer)
     get = record.get
-    picked = {a: _best(get(a), prefer, ranks) for a in _SINGLE_ATTRIBUTES}
+    picked = {a: (_best(v, prefer, ranks) if (v := get(a)) else None) for a in _SINGLE_ATTRIBUTES}  # most fields are absent: no call
     keywords = _all(get("item_keywords"), prefer, ranks)
     bullets = _all(get("bullet_point"), prefer, ranks)
     name_entry, color_entry = picked["item_name"], picked["color"]
@@ -314,9 +320,11 @@ def flatten_listing(record: dict, prefer=ENGLISH) -> dict:
         "description": _text(picked["product_description"]),
         "model_number": str(model[0].get("value")) if type(model) is list and model and type(model[0]) is dict else None,
         "language": name_entry.get("language_tag") if name_entry else None,
-        "n_english_attributes": sum(picked[a] is not None for a in SEED001_ATTRIBUTES if a in picked) + bool(keywords) + bool(bullets),
+        "n_english_attributes": sum(1 for a in _COUNTED if picked[a] is not None) + bool(keywords) + bool(bullets),
         "name_languages": list(dict.fromkeys(v.get("language_tag") for v in names if type(v) is dict and v.get("language_tag"))) if type(names) is list else [],
     }
+    if record.keys() <= ABO_FIELDS:  # real ABO listings have no extras: skip the loop below
+        return row
     for key, value in record.items():  # extras of derived catalogs (e.g. the sample's number_of_items)
         if key in ABO_FIELDS:
             continue
@@ -371,14 +379,193 @@ def _gc_paused():
             gc.enable()
 
 
-def load_listings(files_or_root, prefer=ENGLISH) -> pd.DataFrame:
-    "Every listing as one flat row (flatten_listing columns); read errors in `df.attrs['read_errors']`."
+_LIST_TYPE = pa.list_(pa.large_string())
+_BASE = frozenset(LISTING_COLUMNS)
+
+
+def _arrow_column(name: str, values: list) -> pa.Array:
+    "One flattened column as Arrow: text as large_string, lists as list<large_string>; a number where text was expected becomes text, as in _column."
+    if name == "n_english_attributes":
+        return pa.array(values, pa.int64())
+    if name in _LIST_COLUMNS:
+        try:
+            return pa.array(values, _LIST_TYPE)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return pa.array([[None if x is None else str(x) for x in v] for v in values], _LIST_TYPE)
+    try:
+        return pa.array(values, pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.large_string())
+
+
+def _file_table(path, prefer=ENGLISH) -> tuple[pa.Table, list[str], dict]:
+    "(flattened listings of one file as an Arrow table, its extra fields, its read errors). Extras may mix types (3 here, \"yes\" there): they travel as JSON text."
     errors: dict = {}
+    prefer = tuple(prefer)
     with _gc_paused():
-        rows = [flatten_listing(r, prefer) for r in iter_listing_records(_listing_paths(files_or_root), errors)]
-        base, n = set(LISTING_COLUMNS), len(LISTING_COLUMNS)
-        columns = list(LISTING_COLUMNS) + sorted({k for r in rows if len(r) > n for k in r if k not in base})
-        data = {c: _column(c, [r.get(c) for r in rows]) for c in columns}
-    df = pd.DataFrame(data, columns=columns, copy=False)
+        rows = [flatten_listing(r, prefer) for r in iter_listing_records([path], errors)]
+        n = len(LISTING_COLUMNS)
+        extras = sorted({k for r in rows if len(r) > n for k in r if k not in _BASE})
+        arrays = [_arrow_column(c, [r[c] for r in rows]) for c in LISTING_COLUMNS]
+        dumps = orjson.dumps
+        arrays += [pa.array([dumps(r.get(c)).decode() for r in rows], pa.large_string()) for c in extras]
+    return pa.table(arrays, names=LISTING_COLUMNS + extras), extras, errors
+
+# %% ../nbs/01_abo.ipynb #52dafb9d
+LISTINGS_CACHE_KEEP = 4  # cached parses kept in cache_dir()/listings (the most recently used)
+_PARALLEL_BYTES = 8 << 20  # below this many compressed bytes a pool costs more than it saves
+
+
+def _merge_errors(parts: list[dict]) -> dict:
+    "Per-file read errors, in file order, as one sequential read would have counted them."
+    errors = {"malformed_lines": 0, "truncated_files": [], "examples": []}
+    for e in parts:
+        errors["malformed_lines"] += e.get("malformed_lines", 0)
+        errors["truncated_files"] += e.get("truncated_files", [])
+        errors["examples"] += e.get("examples", [])
+    errors["examples"] = errors["examples"][:10]
+    return errors
+
+
+def _workers(workers: int | None) -> int:
+    if workers:
+        return max(1, int(workers))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _worker_env() -> dict:
+    "The environment of a worker interpreter: this very abovqa first on its path (an installed one is found anyway)."
+    import abovqa
+    root = str(Path(abovqa.__file__).resolve().parents[1])
+    if Path(root).name in ("site-packages", "dist-packages"):  # never put site-packages ahead of the standard library
+        return dict(os.environ)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+
+def _parse_worker() -> None:
+    "Entry point of a parse worker: parse the files given on stdin, one Arrow file each into the output folder."
+    import sys
+    job = json.loads(sys.stdin.read())
+    for i, path in job["files"]:
+        table, extras, errors = _file_table(Path(path), tuple(job["prefer"]))
+        meta = {b"abovqa": json.dumps({"extras": extras, "read_errors": errors}).encode()}
+        out = Path(job["out"]) / f"{i:05d}.arrow"
+        with pa.OSFile(str(out.with_suffix(".tmp")), "wb") as f, pa.ipc.new_file(f, table.schema.with_metadata(meta)) as w:
+            w.write_table(table)
+        os.replace(out.with_suffix(".tmp"), out)
+
+
+def _read_part(path: Path):
+    with pa.OSFile(str(path), "rb") as f:
+        table = pa.ipc.open_file(f).read_all()
+    meta = json.loads(table.schema.metadata[b"abovqa"])
+    return table.replace_schema_metadata(None), meta["extras"], meta["read_errors"]
+
+
+def _parse_in_processes(paths: list[Path], prefer: tuple, workers: int) -> list:
+    "_file_table of every path, in `workers` fresh interpreters (`python -c`, so no fork of a threaded process and no re-run of the caller's script); a file a worker did not finish is parsed here, so its error, if any, is raised as without workers."
+    import subprocess
+    import sys
+    import tempfile
+    env = _worker_env()
+    order = sorted(range(len(paths)), key=lambda i: -paths[i].stat().st_size)  # largest first, dealt round-robin
+    with tempfile.TemporaryDirectory(prefix="abovqa-parse-") as out:
+        procs = []
+        for w in range(workers):
+            job = {"files": [(i, str(paths[i])) for i in order[w::workers]], "prefer": list(prefer), "out": out}
+            p = subprocess.Popen([sys.executable, "-c", "from abovqa.abo import _parse_worker; _parse_worker()"], env=env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            p.stdin.write(json.dumps(job).encode())
+            p.stdin.close()
+            procs.append(p)
+        for p in procs:
+            p.wait()
+        return [_read_part(part) if (part := Path(out) / f"{i:05d}.arrow").exists() else _file_table(paths[i], prefer)
+                for i in range(len(paths))]
+
+
+def _parse(paths: list[Path], prefer: tuple, workers: int | None) -> tuple[pa.Table, list[str], dict]:
+    "Parse `paths` (in worker processes when they are large) into one table, its extras and the read errors."
+    workers = min(_workers(workers), len(paths))
+    if workers > 1 and sum(p.stat().st_size for p in paths) > _PARALLEL_BYTES:
+        parts = _parse_in_processes(paths, prefer, workers)
+    else:
+        parts = [_file_table(p, prefer) for p in paths]
+    extras = sorted({c for _, ex, _ in parts for c in ex})
+    tables = []
+    for table, _, _ in parts:  # a file without an extra gets nulls (None), as a missing field
+        for c in extras:
+            if c not in table.column_names:
+                table = table.append_column(c, pa.nulls(len(table), pa.large_string()))
+        tables.append(table.select(LISTING_COLUMNS + extras))
+    table = pa.concat_tables(tables) if tables else pa.table([_arrow_column(c, []) for c in LISTING_COLUMNS], names=LISTING_COLUMNS)
+    return table, extras, _merge_errors([e for _, _, e in parts])
+
+
+def _cache_path(paths: list[Path], prefer: tuple) -> Path:
+    "Where the parse of `paths` under `prefer` is cached: keyed by each file's path, size and mtime, the policy and this module's code."
+    stamps = [(str(p.resolve()), st.st_size, st.st_mtime_ns) for p in paths for st in [p.stat()]]
+    import abovqa
+    code = hashlib.blake2b((Path(abovqa.__file__).parent / "abo.py").read_bytes(), digest_size=8).hexdigest()  # the parser's code
+    return cache_dir() / "listings" / f"{content_hash('abovqa-listings-1', code, list(prefer), stamps)}.arrow"
+
+
+def _read_cache(path: Path):
+    try:
+        hit = _read_part(path)
+    except (OSError, pa.ArrowInvalid, KeyError, TypeError, ValueError):  # absent, or a damaged file: parse again
+        return None
+    os.utime(path)  # most recently used
+    return hit
+
+
+def _write_cache(path: Path, table: pa.Table, extras: list, errors: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    meta = {b"abovqa": json.dumps({"extras": extras, "read_errors": errors}).encode()}
+    try:
+        with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema.with_metadata(meta),
+                                                             options=pa.ipc.IpcWriteOptions(compression="lz4")) as w:
+            w.write_table(table)
+        os.replace(tmp, path)
+    except OSError:  # a full or read-only disk only costs the next run a parse
+        tmp.unlink(missing_ok=True)
+        return
+    old = sorted(path.parent.glob("*.arrow"), key=lambda p: p.stat().st_mtime, reverse=True)[LISTINGS_CACHE_KEEP:]
+    for p in old:
+        p.unlink(missing_ok=True)
+
+
+def listings_table(files_or_root, prefer=ENGLISH, workers: int | None = None, cache: bool = False) -> tuple[pa.Table, list[str], dict]:
+    "(every listing flattened, as an Arrow table; the extra fields, JSON-encoded; read errors). `cache=True` reuses the parse of unchanged files."
+    paths, prefer = _listing_paths(files_or_root), tuple(prefer)
+    key = _cache_path(paths, prefer) if cache else None
+    hit = _read_cache(key) if key is not None else None
+    if hit is not None:
+        return hit
+    table, extras, errors = _parse(paths, prefer, workers)
+    if key is not None:
+        _write_cache(key, table, extras, errors)
+    return table, extras, errors
+
+
+def load_listings(files_or_root, prefer=ENGLISH, workers: int | None = None, cache: bool = False, lists: str = "python") -> pd.DataFrame:
+    "Every listing as one flat row (flatten_listing columns); read errors in `df.attrs['read_errors']`; list columns as Python lists or (`lists='arrow'`) Arrow lists."
+    table, extras, errors = listings_table(files_or_root, prefer, workers, cache)
+    data = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if name in extras:
+            data[name] = _column(name, [None if v is None else orjson.loads(v) for v in col.to_pylist()])
+        elif name in _LIST_COLUMNS and lists == "arrow":
+            data[name] = pd.Series(col, dtype=pd.ArrowDtype(col.type))
+        elif name in _LIST_COLUMNS or name == "n_english_attributes":
+            data[name] = _column(name, col.to_pylist() if name in _LIST_COLUMNS else col.to_numpy())
+        else:  # text: the dtype _column decides, filled straight from Arrow (no Python string per value)
+            data[name] = pd.Series(col, dtype=_column(name, []).dtype)
+    df = pd.DataFrame(data, columns=table.column_names, copy=False)
     df.attrs["read_errors"] = errors
     return df

@@ -16,8 +16,10 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from .abo import ENGLISH, LISTING_COLUMNS, _rank, find_abo_files, load_listings, read_images_csv
+from .abo import ENGLISH, LISTING_COLUMNS, _rank, _worker_env, _workers, find_abo_files, load_listings, read_images_csv
 from .core import atomic_write_parquet, atomic_write_text
 
 # %% auto #0
@@ -65,14 +67,65 @@ def check_image(path) -> tuple[str | None, str | None]:
     return None, fmt
 
 
-def check_images(paths, workers: int | None = None) -> list[tuple[str | None, str | None]]:
-    "check_image for many files, in a thread pool, in order."
+def _check_worker() -> None:
+    "Entry point of an image-check worker: paths as JSON on stdin, one `[reason, format]` line per path on stdout, in order."
+    import sys
+    for path in json.loads(sys.stdin.read()):
+        sys.stdout.write(json.dumps(check_image(path)) + "\n")
+        sys.stdout.flush()
+
+
+def _check_in_processes(paths: list, workers: int, bar) -> list:
+    "check_image of every path in `workers` fresh interpreters (no fork of a threaded process, no re-run of the caller's script), results streamed back as they come; what a worker did not answer is checked here."
+    import selectors
+    import subprocess
+    import sys
+    env = _worker_env()
+    results: list = [None] * len(paths)
+    sel = selectors.DefaultSelector()
+    for w in range(workers):
+        mine = list(range(w, len(paths), workers))  # dealt round-robin: neighbours in a folder spread over workers
+        p = subprocess.Popen([sys.executable, "-c", "from abovqa.curate import _check_worker; _check_worker()"], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        p.stdin.write(json.dumps([str(paths[i]) for i in mine]).encode())
+        p.stdin.close()
+        sel.register(p.stdout, selectors.EVENT_READ, (p, iter(mine)))
+    while sel.get_map():
+        for key, _ in sel.select():
+            p, slots = key.data
+            line = key.fileobj.readline()
+            if not line:  # this worker is done (or died: its unanswered paths are checked below)
+                sel.unregister(key.fileobj)
+                p.wait()
+                continue
+            reason, fmt = json.loads(line)
+            results[next(slots)] = (reason, fmt)
+            bar.update(1)
+    for i, r in enumerate(results):
+        if r is None:
+            results[i] = check_image(paths[i])
+            bar.update(1)
+    return results
+
+
+def check_images(paths, workers: int | None = None, how: str = "auto", progress: bool = True) -> list[tuple[str | None, str | None]]:
+    "check_image for many files, in order: in worker processes (`how='processes'`, one per core), a thread pool (`'threads'`), or `'auto'` (processes for 10,000 files or more on 4 cores or more); a progress bar with the rate."
+    from tqdm import tqdm  # the text bar: papermill and logs have no widgets
     paths = list(paths)
-    workers = workers or min(16, 4 * (os.cpu_count() or 1))
-    if len(paths) < 64 or workers <= 1:
-        return [check_image(p) for p in paths]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(check_image, paths, chunksize=32))
+    cores = _workers(None)
+    if how == "auto":
+        how = "processes" if len(paths) >= 10_000 and cores >= 4 else "threads"
+    with tqdm(total=len(paths), desc="image checks", unit="img", disable=not progress or len(paths) < 64, mininterval=1) as bar:
+        if how == "processes" and len(paths) >= 64 and workers != 1:
+            return _check_in_processes(paths, min(workers or cores, len(paths)), bar)
+        workers = workers or min(16, 4 * cores)
+        results = []
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            serial = len(paths) < 64 or workers <= 1
+            for r in map(check_image, paths) if serial else pool.map(check_image, paths, chunksize=32):
+                results.append(r)
+                bar.update(1)
+        return results
 
 # %% ../nbs/03_curate.ipynb #dc5f68c2
 MAX_LISTINGS_PER_IMAGE = 50
@@ -89,35 +142,63 @@ def stable_fraction(values, seed) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def _arrow(values) -> pa.Array:
+    "A Series (Arrow-backed or not), list or Arrow array as one Arrow array: no Python object per value when it is Arrow already."
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        a = values
+    else:
+        values = values.array if isinstance(values, pd.Series) else values
+        try:
+            a = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python values: as text
+            a = pa.array([None if v is None else str(v) for v in values], pa.large_string())
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def _factorize(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    "(integer code per value, -1 for null; the distinct values), hashed by Arrow."
+    enc = pc.dictionary_encode(values)
+    return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
+
+
 def listing_groups(item_ids, main_image_ids, other_image_ids, max_listings_per_image: int = MAX_LISTINGS_PER_IMAGE):
     "(group id per listing, set of generic images) from the listing–image graph without images shared by more than `max_listings_per_image` items."
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
-    item_codes, items = pd.factorize(pd.Series(item_ids, dtype=object))
+    item_codes, items = _factorize(_arrow(item_ids).cast(pa.large_string()))
     if len(items) == 0:
         return np.full(len(item_codes), None, dtype=object), set()
-    mains = pd.Series(main_image_ids, dtype=object)
-    has_main = mains.notna().to_numpy()
-    others = list(other_image_ids)
-    lengths = np.fromiter((len(o) for o in others), dtype=np.int64, count=len(others))
-    # every (item, image) edge, as integer codes
-    image_codes, images = pd.factorize(np.concatenate([mains[has_main].to_numpy(dtype=object),
-                                                       np.array([i for o in others for i in o], dtype=object)]))
-    edge_items = np.concatenate([item_codes[has_main], np.repeat(item_codes, lengths)])
-    valid = edge_items >= 0
+    mains, others = _arrow(main_image_ids).cast(pa.large_string()), _arrow(other_image_ids)
+    if not pa.types.is_list(others.type) and not pa.types.is_large_list(others.type):
+        others = pa.array([[str(i) for i in o] for o in others.to_pylist()], pa.list_(pa.large_string()))
+    has_main = mains.is_valid().to_numpy(zero_copy_only=False)
+    # every (item, image) edge, as integer codes: mains, then the flattened other images
+    image_codes, images = _factorize(pa.concat_arrays([mains.filter(pa.array(has_main)),
+                                                       pc.list_flatten(others).cast(pa.large_string())]))
+    parents = pc.list_parent_indices(others).to_numpy(zero_copy_only=False)
+    edge_items = np.concatenate([item_codes[has_main], item_codes[parents]])
+    valid = (edge_items >= 0) & (image_codes >= 0)
     n_items, n_images = len(items), max(1, len(images))
-    pairs = np.unique(edge_items[valid].astype(np.int64) * n_images + image_codes[valid])
+    pairs = pd.unique(edge_items[valid] * n_images + image_codes[valid])  # hashed, not sorted: order does not matter below
     edge_items, edge_images = pairs // n_images, pairs % n_images
     items_per_image = np.bincount(edge_images, minlength=n_images)
     generic_codes = items_per_image > max_listings_per_image
-    generic = set(np.asarray(images, dtype=object)[generic_codes[: len(images)]].tolist())
+    generic = set(images.filter(pa.array(generic_codes[: len(images)])).to_pylist())
     keep = ~generic_codes[edge_images]
     n = n_items + n_images
     graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (edge_items[keep], n_items + edge_images[keep])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    smallest = pd.Series(np.asarray(items, dtype=object)).groupby(labels[:n_items]).min()
-    names = {lab: "g" + hashlib.blake2b(str(item).encode(), digest_size=6).hexdigest() for lab, item in smallest.items()}
-    item_group = np.array([names[lab] for lab in labels[:n_items]], dtype=object)
+    n_labels, labels = connected_components(graph, directed=False)
+    # a group is named after its smallest item id: the item ranks, then the smallest rank per component
+    rank = np.empty(n_items, dtype=np.int64)
+    order = pc.sort_indices(items).to_numpy()
+    rank[order] = np.arange(n_items)
+    smallest = np.full(n_labels, n_items, dtype=np.int64)
+    np.minimum.at(smallest, labels[:n_items], rank)
+    has_item = smallest < n_items
+    names = np.full(n_labels, None, dtype=object)
+    names[has_item] = ["g" + hashlib.blake2b(str(item).encode(), digest_size=6).hexdigest()
+                       for item in items.take(pa.array(order[smallest[has_item]])).to_pylist()]
+    item_group = names[labels[:n_items]]
     groups = np.where(item_codes >= 0, item_group[np.maximum(item_codes, 0)], None)
     return groups, generic
 
@@ -154,7 +235,7 @@ def _key(t: pd.DataFrame, ctx: CurateContext) -> np.ndarray:
 
 
 def _first_per(t: pd.DataFrame, column: str, order: list, ascending: list) -> np.ndarray:
-    "Mask keeping the first row per `column` value in the given order."
+    "Mask keeping the first row per `column` value in the given order (`t` need hold only those columns: sorting a wide table moves every column)."
     ranked = t.assign(_pos=np.arange(len(t))).sort_values(order + ["_pos"], ascending=ascending + [True], kind="stable")
     keep = np.zeros(len(t), dtype=bool)
     keep[ranked.drop_duplicates(column)["_pos"].to_numpy()] = True
@@ -175,12 +256,42 @@ def step_not_problem_id(t, ctx): return ~t.image_id.isin(PROBLEM_IMAGE_IDS).to_n
 def step_not_generic_image(t, ctx): return ~t.image_id.isin(ctx.generic_images).to_numpy()
 
 
+def _is_list(col: pd.Series) -> bool:
+    return col.dtype == object or (isinstance(col.dtype, pd.ArrowDtype) and pa.types.is_list(col.dtype.pyarrow_dtype))
+
+
+def _list_lengths(col: pd.Series) -> np.ndarray:
+    "The length of every list of a list column: one Arrow call for Arrow lists, `len` per row for Python lists."
+    if isinstance(col.dtype, pd.ArrowDtype):
+        return pc.fill_null(pc.list_value_length(_arrow(col)), 0).to_numpy(zero_copy_only=False)
+    return col.map(len).to_numpy()
+
+
+def _isascii(col: pd.Series) -> np.ndarray:
+    "Whether each value is ASCII text, missing values False: Arrow's kernel (`Series.str.isascii` is pandas 3 only)."
+    a = _arrow(col)
+    if not (pa.types.is_string(a.type) or pa.types.is_large_string(a.type)):
+        a = _arrow(col.astype("str"))
+    return pc.fill_null(pc.string_is_ascii(a), False).to_numpy(zero_copy_only=False)
+
+
+def _list_isascii(col: pd.Series) -> np.ndarray:
+    "Whether every value of each list is ASCII (what `', '.join(values).isascii()` says), vectorised for Arrow lists."
+    if not isinstance(col.dtype, pd.ArrowDtype):
+        return _isascii(col.map(", ".join))
+    lists = _arrow(col)
+    flat = pc.list_flatten(lists)
+    bad = ~pc.fill_null(pc.string_is_ascii(flat), False).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    return np.bincount(parents[bad], minlength=len(col)) == 0
+
+
 def step_english(t, ctx, fields=("name", "product_type", "color")):
     "Every field has a value in an accepted language (lists must be non-empty)."
     keep = np.ones(len(t), dtype=bool)
     for f in fields:
         col = t[f]
-        keep &= (col.map(len) > 0).to_numpy() if col.dtype == object and f in ("keywords", "bullet_points") else col.notna().to_numpy()
+        keep &= (_list_lengths(col) > 0) if f in ("keywords", "bullet_points") and _is_list(col) else col.notna().to_numpy()
     return keep
 
 
@@ -188,13 +299,12 @@ def step_ascii(t, ctx, fields=("name", "product_type", "color", "keywords")):
     "Every field is plain ASCII (seed 000 dropped non-ASCII metadata)."
     keep = np.ones(len(t), dtype=bool)
     for f in fields:
-        col = t[f].map(", ".join) if f in ("keywords", "bullet_points") else t[f]
-        keep &= col.astype("str").str.isascii().fillna(False).to_numpy(dtype=bool)
+        keep &= _list_isascii(t[f]) if f in ("keywords", "bullet_points") else _isascii(t[f])
     return keep
 
 
 def step_min_english_attributes(t, ctx, n=5): return (t.n_english_attributes >= n).to_numpy()
-def step_has_keywords(t, ctx): return (t.keywords.map(len) > 0).to_numpy()
+def step_has_keywords(t, ctx): return _list_lengths(t.keywords) > 0
 
 
 def step_not_banner(t, ctx, aspect=BANNER_ASPECT):
@@ -208,15 +318,15 @@ def step_not_banner(t, ctx, aspect=BANNER_ASPECT):
 def step_one_per_item(t, ctx):
     "One listing per item id across marketplaces: the preferred language and richest metadata wins."
     p = _priority(t, ctx)
-    return _first_per(t.assign(**p), "item_id", ["lang", "rich", "key"], [True, True, True])
+    return _first_per(p.assign(item_id=t.item_id), "item_id", ["lang", "rich", "key"], [True, True, True])
 
 
 def step_one_per_image(t, ctx, shuffle=True):
     "Each image once (several listings may share a main image)."
     if shuffle:
-        return _first_per(t.assign(_k=_key(t, ctx)), "image_id", ["_k"], [True])
+        return _first_per(pd.DataFrame({"image_id": t.image_id, "_k": _key(t, ctx)}, index=t.index), "image_id", ["_k"], [True])
     p = _priority(t, ctx)
-    return _first_per(t.assign(**p), "image_id", ["lang", "rich", "key"], [True, True, True])
+    return _first_per(p.assign(image_id=t.image_id), "image_id", ["lang", "rich", "key"], [True, True, True])
 
 
 def step_image_ok(t, ctx):
@@ -437,11 +547,26 @@ def metadata_text(row: dict) -> str:
             lines.append(f"{label}: {v}")
     return "\n".join(lines)
 
+
+def _metadata_texts(t: pd.DataFrame) -> list[str]:
+    "metadata_text of every row, built column by column (one pass per attribute, not a dict per row)."
+    columns = []
+    for label, col in METADATA_FIELDS:
+        lines = []
+        for v in t[col].tolist():
+            if isinstance(v, (list, tuple, np.ndarray)):
+                v = ", ".join(map(str, v))
+            lines.append(f"{label}: {v}" if v is not None and v == v and str(v).strip() else "")
+        columns.append(lines)
+    return ["\n".join(filter(None, row)) for row in zip(*columns)]
+
 # %% ../nbs/03_curate.ipynb #a7c9e2f5
 def _table(listings: pd.DataFrame, images: pd.DataFrame, groups, seed: int, splits: dict) -> pd.DataFrame:
     "The listings with their main image's csv row, group and split."
     images = images.drop_duplicates("image_id")
-    pos = pd.Index(images.image_id).get_indexer(listings.main_image_id.astype(object))
+    # hashed by Arrow: no Python string per id
+    pos = pc.fill_null(pc.index_in(_arrow(listings.main_image_id).cast(pa.large_string()),
+                                   value_set=_arrow(images.image_id).cast(pa.large_string())), -1).to_numpy(zero_copy_only=False)
     found = pos >= 0
     t = listings.rename(columns={"main_image_id": "image_id"})
     for col, src in (("image_path", "path"), ("height", "height"), ("width", "width")):
@@ -481,13 +606,13 @@ def _figure(before: pd.Series, after: pd.Series, path: Path, top: int = 30) -> l
 
 def curate(abo_root, work, preset="balanced", max_per_type: int | None = None, seed: int = 42, image_check: bool = True,
            prefer=ENGLISH, target_size: int | None = None, workers: int | None = None, splits: dict | None = None,
-           max_listings_per_image: int = MAX_LISTINGS_PER_IMAGE) -> dict:
-    "Curate the ABO tree at `abo_root` into WORK/curated/ with a preset; returns the stats (also in stats.json)."
+           max_listings_per_image: int = MAX_LISTINGS_PER_IMAGE, listings_cache: bool = True) -> dict:
+    "Curate the ABO tree at `abo_root` into WORK/curated/ with a preset; returns the stats (also in stats.json). `workers`: processes for parsing and image checks (default: every core); `listings_cache`: reuse the parse of unchanged listings files."
     p = get_preset(preset)
     splits = dict(splits or SPLITS)
     work = Path(work)
     files = find_abo_files(abo_root)
-    listings = load_listings(files, prefer)
+    listings = load_listings(files, prefer, workers=workers, cache=listings_cache, lists="arrow")
     images = read_images_csv(files.images_csv)
     groups, generic = listing_groups(listings.item_id, listings.main_image_id, listings.other_image_ids, max_listings_per_image)
     table = _table(listings, images, groups, seed, splits)
@@ -508,8 +633,10 @@ def curate(abo_root, work, preset="balanced", max_per_type: int | None = None, s
         counts[label] = len(table)
 
     kept = table.copy()
-    fields = [c for _, c in METADATA_FIELDS]
-    kept["metadata_text"] = [metadata_text(dict(zip(fields, values))) for values in zip(*(kept[c].tolist() for c in fields))]
+    for c in set(OUTPUT_COLUMNS) | {c for _, c in METADATA_FIELDS}:  # the lists written or described, as Python lists as before
+        if c in kept.columns and isinstance(kept[c].dtype, pd.ArrowDtype) and _is_list(kept[c]):
+            kept[c] = pd.Series(_arrow(kept[c]).to_pylist(), index=kept.index, dtype=object)
+    kept["metadata_text"] = _metadata_texts(kept)
     kept["image_format"] = pd.Series([ctx.image_formats.get(i) for i in kept.image_id], index=kept.index, dtype="str")
     catalog_extras = [c for c in listings.columns if c not in set(OUTPUT_COLUMNS) | set(EXTRA_COLUMNS) | set(LISTING_COLUMNS)]
     for c in catalog_extras:  # a field of mixed types (3 here, "3" there) must still fit one parquet column

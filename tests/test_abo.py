@@ -133,3 +133,45 @@ def test_load_listings_on_the_sample():
     assert df.n_parts.between(1, 10).all()
     images = read_images_csv(files.images_csv)
     assert df.main_image_id.dropna().isin(images.image_id).mean() > 0.9
+
+
+def test_worker_processes_give_what_one_process_gives(kaggle_like, monkeypatch):
+    "Files parsed by worker interpreters: same rows, extras of mixed types, read errors in file order."
+    import abovqa.abo as abo
+    meta = kaggle_like / "abo-listings" / "listings" / "metadata"
+    write_listings([{"item_id": "E1", "gift_wrap": 1}, {"item_id": "E2", "gift_wrap": "yes"}], meta / "listings_2.json.gz")
+    with open(meta / "listings_0.json", "ab") as f:
+        f.write(b"not json\n")
+    one = load_listings(kaggle_like, workers=1)
+    monkeypatch.setattr(abo, "_PARALLEL_BYTES", 0)
+    used = []
+    real = abo._parse_in_processes
+    monkeypatch.setattr(abo, "_parse_in_processes", lambda *a: used.append(a) or real(*a))
+    many = load_listings(kaggle_like, workers=2)
+    assert used, "the worker processes ran"
+    pd.testing.assert_frame_equal(one, many)
+    assert many.attrs == one.attrs and one.attrs["read_errors"]["examples"] == ["listings_0.json:3"]
+    assert many.gift_wrap.tolist()[-2:] == [1, "yes"] and many.n_parts.tolist()[0] == 4
+    arrow = load_listings(kaggle_like, workers=2, lists="arrow")
+    assert [list(k) for k in arrow.keywords] == one.keywords.tolist()
+
+
+def test_listings_cache_hits_and_invalidates(kaggle_like, monkeypatch):
+    import os
+
+    import abovqa.abo as abo
+    first = load_listings(kaggle_like, cache=True)
+    parsed = []
+    real = abo._parse
+    monkeypatch.setattr(abo, "_parse", lambda *a: parsed.append(a) or real(*a))
+    again = load_listings(kaggle_like, cache=True)
+    pd.testing.assert_frame_equal(first, again)
+    assert again.attrs == first.attrs and parsed == [], "a second read of unchanged files parses nothing"
+    path = find_abo_files(kaggle_like).listings[0]
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    load_listings(kaggle_like, cache=True)
+    assert len(parsed) == 1, "a touched file is parsed again"
+    with open(path, "ab") as f:
+        f.write(b'{"item_id": "B9"}\n')
+    assert "B9" in load_listings(kaggle_like, cache=True).item_id.tolist() and len(parsed) == 2

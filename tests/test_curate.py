@@ -209,3 +209,68 @@ def test_odd_metadata_does_not_break_the_outputs(tmp_path):
     kept, dropped, _ = assert_invariants(tmp_path / "work")
     assert stats["steps"]["has_item_id"] == 11 and dropped.loc[dropped.item_id.isna(), "reason"].tolist() == ["has_item_id"]
     assert "12345" in set(kept.name) and set(kept.gift_wrap) == {"yes", "1"}
+
+
+# ---- the speed-up changes nothing: outputs against fingerprints of the implementation before it ----------------
+
+import curate_fingerprint as fp  # noqa: E402
+
+REFERENCE = json.loads((REPO / "tests" / "data" / "curate_reference.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def damaged(sample, tmp_path_factory):
+    return fp.damaged_copy(sample, tmp_path_factory.mktemp("damaged") / "abo")
+
+
+@pytest.mark.parametrize("name,kwargs", fp.CASES + fp.DAMAGED, ids=[n for n, _ in fp.CASES + fp.DAMAGED])
+def test_outputs_match_the_reference_implementation(sample, damaged, tmp_path, name, kwargs):
+    root = damaged if name.startswith("damaged") else sample
+    assert fp.run_case(root, tmp_path, kwargs) == REFERENCE[name]
+
+
+def _outputs(work):
+    return {f: (work / "curated" / f).read_bytes() for f in ("listings.parquet", "dropped.parquet", "stats.json")}
+
+
+def test_a_second_run_reads_the_cached_parse_and_writes_the_same_bytes(sample, tmp_path, monkeypatch):
+    import abovqa.abo as abo
+    root = tmp_path / "abo"
+    import shutil
+    shutil.copytree(sample, root)  # a tree of its own: the cache key holds the files' paths
+    curate(root, tmp_path / "a", preset="seed002", image_check=False)
+    parsed = []
+    real = abo._parse
+    monkeypatch.setattr(abo, "_parse", lambda *a: parsed.append(a) or real(*a))
+    curate(root, tmp_path / "b", preset="seed002", image_check=False)
+    assert parsed == [], "the second run parsed nothing"
+    assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
+    curate(root, tmp_path / "c", preset="seed002", image_check=False, listings_cache=False)
+    assert len(parsed) == 1 and _outputs(tmp_path / "c") == _outputs(tmp_path / "a")
+    # touching a listings file (new mtime), then changing its content: parsed again, and the change shows
+    path = sorted((root / "listings" / "metadata").glob("listings_*.json.gz"))[0]
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    curate(root, tmp_path / "d", preset="seed002", image_check=False)
+    assert len(parsed) == 2 and _outputs(tmp_path / "d") == _outputs(tmp_path / "a")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut short: a truncated download
+    stats = curate(root, tmp_path / "e", preset="seed002", image_check=False)
+    assert len(parsed) == 3 and stats["read_errors"]["truncated_files"] == [str(path)]
+    assert stats["steps"]["listings_read"] < json.loads((tmp_path / "a" / "curated" / "stats.json").read_text())["steps"]["listings_read"]
+    missing = tmp_path / "gone"
+    shutil.copytree(root, missing)
+    listings = sorted((missing / "listings" / "metadata").glob("listings_*.json.gz"))
+    with pytest.raises(FileNotFoundError):
+        from abovqa.abo import load_listings
+        load_listings([*listings, missing / "listings" / "metadata" / "listings_z.json.gz"], cache=True)
+
+
+def test_parsing_in_worker_processes_matches_the_reference(damaged, tmp_path, monkeypatch):
+    "The worker-process parse (used above 8 MB of listings) on a tree with malformed lines and a truncated file."
+    import abovqa.abo as abo
+    monkeypatch.setattr(abo, "_PARALLEL_BYTES", 0)
+    used = []
+    real = abo._parse_in_processes
+    monkeypatch.setattr(abo, "_parse_in_processes", lambda *a: used.append(a) or real(*a))
+    name, kwargs = fp.DAMAGED[1]
+    assert fp.run_case(damaged, tmp_path, dict(kwargs, workers=2, listings_cache=False)) == REFERENCE[name] and used
