@@ -153,12 +153,15 @@ def _stage_done(root: Path, stage: str) -> bool:
     return any(root.glob(marker)) if "*" in marker else (root / marker).is_file()
 
 # %% ../nbs/00_core.ipynb #3534382c
-def missing_stage_message(stage: str, work, looked_in=()) -> str:
-    marker, step, what = STAGES[stage]
+def missing_stage_message(stages, work, looked_in=()) -> str:
+    "What is missing, which steps make it, and how to attach it on Kaggle (the last step's output carries those before it)."
+    stages = [stages] if isinstance(stages, str) else list(stages)
+    needs = " and ".join(f"the {STAGES[s][2]} ({Path(work) / STAGES[s][0]}, made by {STAGES[s][1]})" for s in stages)
+    steps, last = ", ".join(STAGES[s][1] for s in stages), STAGES[stages[-1]][1]
     where = ", ".join(str(p) for p in looked_in) or "no attached inputs"
-    return (f"this step needs the {what} ({Path(work) / marker}), which step {step} makes. Run {step} first with the same "
-            f"work directory (`abovqa run`, or the {step} notebook); on Kaggle, attach the output of the {step} kernel as an "
-            f"input (`abovqa kaggle build --all` wires every step to its upstream kernels). Looked in {Path(work)} and {where}.")
+    return (f"this step needs {needs}. Run {steps} first with the same work directory (`abovqa run`, or the notebooks); "
+            f"on Kaggle, attach the output of the {last} kernel as an input (it carries the stages before it; "
+            f"`abovqa kaggle build --all` wires every step to its upstream kernels). Looked in {Path(work)} and {where}.")
 
 
 def _stage_sources(stage: str, roots) -> list[Path]:
@@ -192,6 +195,7 @@ def ensure_study(work, upto: str, resume=(), roots=None, verbose: bool = True) -
     "Make sure WORK holds `upto` and the stages before it, bringing them from attached inputs; else MissingStageError."
     study = Study(work)
     roots = [Path(r) for r in (input_roots() if roots is None else roots) if Path(r).resolve() != study.work.resolve()]
+    missing = []
     for stage in (*STAGE_NEEDS[upto], upto, *resume):
         if stage == "predictions":  # several upstream steps each add runs: bring every run found
             brought = sum(_copy_in(s / "predictions", study.predictions_dir, "*.parquet") for s in _stage_sources(stage, roots))
@@ -205,7 +209,9 @@ def ensure_study(work, upto: str, resume=(), roots=None, verbose: bool = True) -
                 if verbose:
                     print(f"brought {folder}/ from {sources[0]}")
         if not study.has(stage) and stage not in resume:
-            raise MissingStageError(missing_stage_message(stage, study.work, roots))
+            missing.append(stage)
+    if missing:
+        raise MissingStageError(missing_stage_message(missing, study.work, roots))
     return study
 
 # %% ../nbs/00_core.ipynb #50cb8346

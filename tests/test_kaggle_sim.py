@@ -191,5 +191,5 @@ def test_a_step_without_its_upstream_stops_and_says_what_to_attach(kaggle):
     done, working, executed = kaggle.results["30_alone"]
     assert done.returncode != 0
     text = done.stderr + done.stdout
-    assert "MissingStageError" in text and "20_generate_qa" in text and "attach the output" in text
+    assert "MissingStageError" in text and "attach the output of the 20_generate_qa kernel" in text
     assert not list(working.glob("predictions/*.parquet")), "no predictions on made-up questions"
