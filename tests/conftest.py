@@ -93,6 +93,14 @@ def overlay_env(dest, **extra) -> dict:
     return env
 
 
+@pytest.fixture
+def curated_work(study, tmp_path) -> Path:
+    "A private work dir holding only a copy of the shared study's curated/ stage (for tests that make questions)."
+    work = tmp_path / "work"
+    shutil.copytree(study / "curated", work / "curated")
+    return work
+
+
 def fresh_work(study: Path, tmp_path: Path, name: str = "w") -> Path:
     "A private work dir holding a copy of the study's curated/ and qa/ stages."
     work = tmp_path / name

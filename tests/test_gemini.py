@@ -18,20 +18,9 @@ from abovqa.qagen import GeminiStandIn, QALog, generate, get_backend
 FAST = dict(timeout=1.0, initial_delay=0.1, max_delay=1.0)  # client options that keep the faults quick
 
 
-@pytest.fixture(scope="module")
-def curated(tmp_path_factory):
-    from abovqa.curate import curate
-    from abovqa.sample import sample_root
-    work = tmp_path_factory.mktemp("curated") / "work"
-    curate(sample_root(), work, image_check=False)
-    return work
-
-
 @pytest.fixture
-def work(curated, tmp_path):
-    fresh = tmp_path / "work"
-    shutil.copytree(curated / "curated", fresh / "curated")
-    return fresh
+def work(curated_work):
+    return curated_work
 
 
 @pytest.fixture

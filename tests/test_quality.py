@@ -31,20 +31,9 @@ class OneColour(GeminiStandIn):
         return "Sure! Here they are:\n```json\n" + json.dumps(pairs) + "\n```"
 
 
-@pytest.fixture(scope="module")
-def curated(tmp_path_factory):
-    from abovqa.curate import curate
-    from abovqa.sample import sample_root
-    work = tmp_path_factory.mktemp("curated") / "work"
-    curate(sample_root(), work, image_check=False)
-    return work
-
-
 @pytest.fixture
-def work(curated, tmp_path):
-    fresh = tmp_path / "work"
-    shutil.copytree(curated / "curated", fresh / "curated")
-    return fresh
+def work(curated_work):
+    return curated_work
 
 
 @pytest.fixture
