@@ -896,6 +896,9 @@ def evaluate_captions(work, runs: list[str] | None = None, semantic=None, bertsc
         raise FileNotFoundError(f"no caption runs under {work / 'predictions'}: abovqa predict --work {work} --task caption ...")
     captions = load_captions(work)
     summaries, skipped = [], {}
+    bertscore_model, why = resolve_bertscore_model(bertscore_model)  # 'auto' as in evaluate; None stays off
+    if why:
+        skipped.update({m: why for m in ("bertscore_p", "bertscore_r", "bertscore_f1")})
     for run in runs:
         preds = pd.read_parquet(work / "predictions" / f"{run}.parquet")
         scored = score_captions(preds, captions, semantic=semantic, bertscore_model=bertscore_model, wordnet=wordnet, skipped=skipped)
