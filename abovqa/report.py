@@ -779,7 +779,7 @@ def leaderboard_html(work, board: pd.DataFrame) -> str:
             tds = [f"<td class='run'><span class='sw' style='background:{colors.get(r['run'], '#999')}'></span>{html.escape(r['run'])}</td>",
                    f"<td>{r['n']:,}</td>"]
             for m in metrics:
-                tds.append(f"<td><b>{_fmt(r[m])}</b><br><small>{_fmt(r[f'{m}_lo'], 2)}–{_fmt(r[f'{m}_hi'], 2)}</small></td>")
+                tds.append(f"<td><b>{_fmt(r[m])}</b><br><small>[{_fmt(r[f'{m}_lo'], 2)}, {_fmt(r[f'{m}_hi'], 2)}]</small></td>")
             for c in extra:
                 if pd.notna(r.get(c)):
                     tds.append(f"<td title='vs {html.escape(str(r[c + '_vs']))}'><b>{r[c]:+.3f}</b><br><small>[{r[c + '_lo']:+.2f}, {r[c + '_hi']:+.2f}] "
