@@ -7,12 +7,15 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.abovqa-installed
+# The "image venv": what Kaggle's notebook image preinstalls (kaggle/image-*.txt), without abovqa
+KAGGLE_VENV := .venv-kaggle
+KAGGLE_STAMP := $(KAGGLE_VENV)/.image-installed
 WORK ?= runs/demo
 export NLTK_DATA := $(abspath $(VENV))/nltk_data
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test docs export clean bench chromium
+.PHONY: setup demo test docs export clean bench chromium wheel .venv-kaggle
 
 setup: $(STAMP)
 
@@ -27,6 +30,24 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -c "from abovqa.metrics import ensure_wordnet; ensure_wordnet()"
 	touch $@
 
+# Kaggle's image as a venv (torch from TORCH_SPEC, the rest pinned as Kaggle pins it), built once and reused:
+# tests/test_demo.py layers a throwaway venv over it (never installing into it), pip-installs the built wheel there
+# and runs `abovqa demo` offline, as a Kaggle user would. Refresh the lists as kaggle/image-constraints.txt says.
+.venv-kaggle: $(KAGGLE_STAMP)
+
+$(KAGGLE_STAMP): kaggle/image-constraints.txt kaggle/image-packages.txt
+	test -x $(KAGGLE_VENV)/bin/python || $(PYTHON) -m venv $(KAGGLE_VENV)
+	$(KAGGLE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(KAGGLE_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(KAGGLE_VENV)/bin/python -m pip install -q -c kaggle/image-constraints.txt -r kaggle/image-packages.txt
+	touch $@
+
+# The product: dist/abovqa-*.whl, notebooks included (setup.py's build_py), built from a temporary copy of the
+# checkout so no build/ or egg-info is left in it.
+wheel: $(STAMP)
+	rm -f dist/abovqa-*.whl
+	$(BIN)/python -c 'import sys; from abovqa.kaggle import build_wheel; print(build_wheel(sys.argv[1]))' dist
+
 # The docs test drives Debian's headless Chromium (no browser download: the package registry only).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
@@ -35,7 +56,7 @@ demo: $(STAMP)
 	$(BIN)/abovqa demo --work $(WORK)
 
 # Library notebooks run their own asserts (nbdev_test); tests/ holds the integration suite.
-test: $(STAMP) chromium
+test: $(STAMP) $(KAGGLE_STAMP) chromium
 	$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/python -m pytest -q --durations=12 tests
 

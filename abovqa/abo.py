@@ -338,6 +338,10 @@ def _listing_paths(files_or_root) -> list[Path]:
 
 
 _LIST_COLUMNS = {"other_image_ids", "keywords", "bullet_points", "name_languages"}
+try:  # pandas 3's "str": Arrow-backed, NaN for missing
+    _STR_DTYPE = pd.StringDtype("pyarrow", na_value=float("nan"))
+except TypeError:  # pandas 2.2 (Kaggle, Colab) has no na_value; the same dtype is called "pyarrow_numpy" there
+    _STR_DTYPE = pd.StringDtype("pyarrow_numpy")
 
 
 def _column(name: str, values: list):
@@ -352,7 +356,7 @@ def _column(name: str, values: list):
         arr = pa.array(values, pa.large_string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # a number where text was expected: keep it, as text
         arr = pa.array([None if v is None else str(v) for v in values], pa.large_string())
-    return pd.Series(arr, dtype=pd.StringDtype("pyarrow", na_value=float("nan")))  # pandas 3's "str"
+    return pd.Series(arr, dtype=_STR_DTYPE)
 
 
 @contextlib.contextmanager

@@ -20,9 +20,28 @@ def _sample(a):
     return 0
 
 
+def _parse_splits(text: str | None) -> dict | None:
+    "'train=0.8,val=0.1,test=0.1' -> {'train': 0.8, ...}; the fractions must sum to 1."
+    if not text:
+        return None
+    splits = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            splits[name.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"--splits expects name=fraction pairs like train=0.8,val=0.1,test=0.1, got {part!r}") from None
+        if not sep or not name.strip():
+            raise SystemExit(f"--splits expects name=fraction pairs like train=0.8,val=0.1,test=0.1, got {part!r}")
+    if abs(sum(splits.values()) - 1) > 1e-6:
+        raise SystemExit(f"--splits fractions must sum to 1, not {sum(splits.values()):g}")
+    return splits
+
+
 def _curate(a):
     from abovqa.curate import curate
-    stats = curate(a.abo_root, a.work, preset=a.preset, max_per_type=a.max_per_type, seed=a.seed, image_check=not a.no_image_check)
+    kw = {k: v for k, v in dict(target_size=a.target_size, splits=_parse_splits(a.splits)).items() if v is not None}
+    stats = curate(a.abo_root, a.work, preset=a.preset, max_per_type=a.max_per_type, seed=a.seed, image_check=not a.no_image_check, **kw)
     steps = stats.get("steps", {})
     width = max((len(k) for k in steps), default=0)
     for step, n in steps.items():
@@ -78,8 +97,11 @@ def _review(a):
 
 def _predict(a):
     from abovqa.infer import predict
+    from abovqa.models import get_spec
+    if a.regime and get_spec(a.model).family != "clip":
+        raise SystemExit(f"abovqa predict: --regime picks CLIP's candidate answers; {a.model} is not a CLIP model")
     kw = {k: v for k, v in dict(batch_size=a.batch_size, adapter_dir=a.adapter, run=a.run, use_options=a.options or None,
-                                shard=a.shard).items() if v is not None}
+                                shard=a.shard, prompt=a.prompt, postprocess=a.postprocess, regime=a.regime).items() if v is not None}
     preds = predict(a.work, a.model, size=a.size, split=a.split, frac=a.frac, task=a.task, **kw)
     ok = int(preds["ok"].sum()) if len(preds) else 0
     print(f"{len(preds):,} predictions ({ok:,} ok) -> {Path(a.work) / 'predictions'}")
@@ -87,14 +109,28 @@ def _predict(a):
 
 
 def _finetune(a):
-    from abovqa.finetune import finetune, resolve_config
+    import json
+    from abovqa.finetune import finetune, resolve_config, show_config
     if a.task == "caption" and not a.config:  # captions train with vlm-qlora and seed 004's settings (a tiny model: the demo's)
         a.config = "demo-caption" if a.size == "tiny" else "seed004-caption"
-    if (task := resolve_config(a.recipe, a.config, a.size).task) != a.task:
+    settings = _parse_params(a.set)  # --set learning_rate=2e-5 target_modules=[query,value]
+    try:
+        task = resolve_config(a.recipe, a.config, a.size, **settings).task
+    except (KeyError, TypeError) as e:
+        raise SystemExit(f"abovqa finetune: {e}") from None
+    if task != a.task:
         raise SystemExit(f"abovqa finetune: config {a.config or '(default)'!r} of {a.recipe} trains {task!r}, not --task {a.task}")
+    if a.show_config:
+        print(json.dumps(show_config(a.recipe, a.config, a.size, model=a.model, max_steps=a.max_steps, **settings), indent=2, default=str))
+        return 0
     overrides = {k: v for k, v in dict(config=a.config, model=a.model, max_steps=a.max_steps, run=a.run,
                                        processes=a.processes).items() if v is not None}
-    result = finetune(a.work, recipe=a.recipe, size=a.size, **overrides)
+    try:
+        result = finetune(a.work, recipe=a.recipe, size=a.size, allow_change=a.allow_change, **overrides, **settings)
+    except ValueError as e:
+        if "other settings" not in str(e):
+            raise
+        raise SystemExit(f"abovqa finetune: {e}") from None
     for key, value in result.items():
         print(f"{key}: {value}")
     return 0
@@ -213,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-per-type", type=int)
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--no-image-check", action="store_true", help="metadata-only run: skip opening every image")
+    s.add_argument("--target-size", type=int, help="at most this many listings in the curated subset")
+    s.add_argument("--splits", metavar="NAME=FRAC,...", help="split fractions, e.g. train=0.8,val=0.075,test=0.125 (seed 001's BLIP)")
     s.set_defaults(func=_curate)
 
     s = sub.add_parser("qagen", help="generate single-word-answer questions")
@@ -256,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter")
     s.add_argument("--run")
     s.add_argument("--options", action="store_true", help="ask with the 4 multiple-choice options")
+    s.add_argument("--prompt", help="prompt style (abovqa.models.PROMPTS, e.g. seed000-llava); default: the model's")
+    s.add_argument("--postprocess", help="answer post-processor (first_word, strip_answer, dedupe_first, last_word); default: the model's")
+    s.add_argument("--regime", choices=["fixed", "all"], help="CLIP's candidates: fixed common answers, or every reference answer")
     s.add_argument("--shard", metavar="I/N", help="compute only bucket I of N (one session each); a run without --shard merges them")
     s.add_argument("--task", default="vqa", choices=["vqa", "caption"], help="caption: caption the images of WORK/captions")
     s.set_defaults(func=_predict)
@@ -271,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default="vqa", choices=["vqa", "caption"],
                    help="caption: vlm-qlora on WORK/captions (config seed004-caption; demo-caption when --size tiny)")
     s.add_argument("--processes", type=int, help="DDP processes via accelerate launch (default: one per GPU, 1 on a CPU)")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="change a config setting (learning_rate=2e-5, batch_size=4, ...)")
+    s.add_argument("--allow-change", action="store_true",
+                   help="resume a run with changed settings (--set), recorded in the run's history (seed 001's learning-rate drop)")
+    s.add_argument("--show-config", action="store_true", help="print the resolved LoRA settings and training arguments as JSON and exit")
     s.set_defaults(func=_finetune)
 
     s = sub.add_parser("evaluate", help="score every predictions/*.parquet")

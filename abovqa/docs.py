@@ -11,6 +11,7 @@ import os
 import posixpath
 import re
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ def _require_nbdev():
 
 
 def find_project(start=None) -> Path:
-    "The checkout holding settings.ini: searched upwards from `start` (default: cwd), then from the installed package."
+    """The checkout holding settings.ini: searched upwards from `start` (default: cwd), then from the installed package;
+    a wheel carries a copy as the package dir itself (settings.ini and nbs/ inside it: setup.py's build_py)."""
     import abovqa
     starts = [Path(start or Path.cwd()).resolve(), Path(abovqa.__file__).resolve().parent]
     for s in starts:
@@ -47,7 +49,7 @@ def find_project(start=None) -> Path:
             if (d / "settings.ini").is_file() and (d / "nbs").is_dir():
                 return d
     raise FileNotFoundError(f"no nbdev project (settings.ini next to nbs/) above {', '.join(map(str, starts))}; "
-                            "run `abovqa docs` from a checkout of abovqa")
+                            "run `abovqa docs` from a checkout of abovqa, or install the wheel")
 
 
 @contextmanager
@@ -441,6 +443,11 @@ def build_docs(out="_site", work=None, project=None, report: bool = True, verbos
 
     started = time.monotonic()
     project = find_project(project)
+    if (project / "__init__.py").is_file():  # the wheel's copy: build from a scratch copy, never writing into site-packages
+        with tempfile.TemporaryDirectory(prefix="abovqa-docs-") as scratch:
+            shutil.copytree(project / "nbs", Path(scratch) / "nbs")
+            shutil.copy2(project / "settings.ini", scratch)
+            return build_docs(out, work, scratch, report, verbose)
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()) and not (out / "docs.json").is_file():  # never replace someone's folder
         raise FileExistsError(f"{out} is not empty and is not a site `abovqa docs` built (no docs.json): pick a new folder")

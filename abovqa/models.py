@@ -17,45 +17,51 @@ from pathlib import Path
 from .core import cache_dir, content_hash, detect_hardware, file_fingerprint
 
 # %% auto #0
-__all__ = ['POSTPROCESSORS', 'PROMPTS', 'PROMPTS_VERSION', 'SPECIAL_TOKENS', 'ANSWER_WORDS', 'QUESTION_WORDS', 'CAPTION_WORDS',
-           'REGISTRY', 'CAPTION_STYLES', 'TINY_VERSION', 'TINY_IMAGE_SIZE', 'ADAPTERS', 'COMMON_ANSWERS',
-           'LLAVA_TINY_CHAT_TEMPLATE', 'QWEN_TINY_SPECIAL_TOKENS', 'QWEN_TINY_CHAT_TEMPLATE',
-           'GEMMA_TINY_CHAT_TEMPLATE', 'MISTRAL_TINY_CHAT_TEMPLATE', 'TINY_GRID_PINPOINTS', 'SEED_003_SAMPLING',
-           'CAPTION_MAX_NEW_TOKENS', 'CAPTION_PROMPTS_VERSION', 'SEED004_CAPTION_PROMPT', 'CAPTION_PROMPTS',
-           'first_word', 'strip_answer', 'last_word', 'dedupe_first', 'caption_text', 'format_prompt', 'tiny_vocab',
-           'tiny_tokenizer', 'ModelSpec', 'register', 'supported_tasks', 'models_for', 'get_spec', 'tiny_dir',
-           'ensure_tiny', 'attached_weights', 'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter',
-           'ViltVqaAdapter', 'ClipZeroShotAdapter', 'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter',
-           'LlavaAdapter', 'Qwen25VlAdapter', 'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter',
-           'BlipCaptionAdapter']
+__all__ = ['POSTPROCESSORS', 'POSTPROCESSOR_ORIGINS', 'PROMPTS', 'PROMPTS_VERSION', 'RAW_PROMPT_FAMILIES', 'SPECIAL_TOKENS',
+           'ANSWER_WORDS', 'QUESTION_WORDS', 'CAPTION_WORDS', 'REGISTRY', 'CAPTION_STYLES', 'TINY_VERSION',
+           'TINY_IMAGE_SIZE', 'ADAPTERS', 'COMMON_ANSWERS', 'LLAVA_TINY_CHAT_TEMPLATE', 'QWEN_TINY_SPECIAL_TOKENS',
+           'QWEN_TINY_CHAT_TEMPLATE', 'GEMMA_TINY_CHAT_TEMPLATE', 'MISTRAL_TINY_CHAT_TEMPLATE', 'TINY_GRID_PINPOINTS',
+           'SEED_003_SAMPLING', 'CAPTION_MAX_NEW_TOKENS', 'CAPTION_PROMPTS_VERSION', 'SEED004_CAPTION_PROMPT',
+           'SEED004_TRAIN_CAPTION_PROMPT', 'CAPTION_PROMPTS', 'first_word', 'strip_answer', 'last_word', 'dedupe_first',
+           'caption_text', 'get_postprocessor', 'format_prompt', 'tiny_vocab', 'tiny_tokenizer', 'ModelSpec',
+           'register', 'supported_tasks', 'models_for', 'get_spec', 'tiny_dir', 'ensure_tiny', 'attached_weights',
+           'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter', 'ViltVqaAdapter', 'ClipZeroShotAdapter',
+           'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter', 'LlavaAdapter', 'Qwen25VlAdapter',
+           'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter', 'BlipCaptionAdapter']
 
 # %% ../nbs/05_models.ipynb #dd677ad2
 _WORD = re.compile(r"[a-z0-9]+")
 _ECHO = re.compile(r"(?:answer(?: in one word)?|assistant)\s*:", re.IGNORECASE)
+_ARTICLES = frozenset({"a", "an", "the"})  # what vqa_normalize deletes: never an answer on its own
+_LEADING_MARKER = re.compile(r"^[^a-z0-9]*(?:\d+[.)]\s+)?", re.IGNORECASE)  # quotes, bullets, "1. " before the answer
 
 
-def first_word(raw: str) -> str:
-    "The first alphanumeric word, lower-cased ('' when there is none)."
-    words = _WORD.findall(str(raw).lower())
+def _first_content_word(words: list[str]) -> str:
+    words = [w for w in words if w not in _ARTICLES]
     return words[0] if words else ""
 
 
+def first_word(raw: str) -> str:
+    "Seed 001's BLIP rule: the first alphanumeric word, lower-cased, articles skipped ('' when there is none)."
+    return _first_content_word(_WORD.findall(str(raw).lower()))
+
+
 def strip_answer(raw: str) -> str:
-    "The first word after the last echoed `Answer:` / `ASSISTANT:` marker (or of the whole text)."
-    parts = _ECHO.split(str(raw))
-    return first_word(parts[-1]) or first_word(raw)
+    "Seed 001's LLaVA rule: after the last echoed `Answer:` / `ASSISTANT:`, leading non-letters dropped, the first word."
+    text = _ECHO.split(str(raw))[-1]
+    return first_word(_LEADING_MARKER.sub("", text.strip()))
 
 
 def last_word(raw: str) -> str:
-    "The last alphanumeric word, lower-cased: LLaVA tends to answer in a sentence that ends with the answer."
+    "Seed 000's LLaVA rule: the last alphanumeric word, lower-cased (LLaVA answers in a sentence that ends with the answer)."
     words = _WORD.findall(_ECHO.split(str(raw))[-1].lower())
     return words[-1] if words else ""
 
 
 def dedupe_first(raw: str) -> str:
-    "Letters only, repeated tokens removed in order, the first token; 'unknown' when nothing is left."
+    "Seed 001's Qwen rule: letters only, repeated tokens removed in order, the first (not an article); 'unknown' when none."
     tokens = list(dict.fromkeys(re.sub(r"[^a-z\s]", " ", str(raw).lower()).split()))
-    return tokens[0] if tokens else "unknown"
+    return _first_content_word(tokens) or "unknown"
 
 
 _CAPTION_ECHO = re.compile(r"^\s*(?:(?:caption|description|assistant|answer|a photo of)\s*:?\s*)+", re.IGNORECASE)
@@ -71,6 +77,16 @@ def caption_text(raw: str) -> str:
 
 POSTPROCESSORS = {"first_word": first_word, "strip_answer": strip_answer, "last_word": last_word, "dedupe_first": dedupe_first,
                   "caption_text": caption_text}
+POSTPROCESSOR_ORIGINS = {"first_word": "seed 001, BLIP", "strip_answer": "seed 001, LLaVA", "dedupe_first": "seed 001, Qwen",
+                         "last_word": "seed 000, LLaVA", "caption_text": "kit, captions"}
+
+
+def get_postprocessor(name: str):
+    "The post-processor registered as `name`, with the known names in the error when it is not."
+    try:
+        return POSTPROCESSORS[name]
+    except KeyError:
+        raise KeyError(f"unknown post-processor {name!r}; known: {sorted(POSTPROCESSORS)}") from None
 
 # %% ../nbs/05_models.ipynb #95f7a7c8
 PROMPTS = {
@@ -83,8 +99,12 @@ PROMPTS = {
     "short-answer": {"open": "Question: {question} Short answer:",
                      "options": "Question: {question} Options: {options}. Short answer:"},
     "florence": {"open": "<VQA>{question}", "options": "<VQA>{question} Options: {options}"},
+    "seed000-llava": {"open": "<image> Question: {question} Answer:",
+                      "options": "<image> Question: {question} Options: {options}. Answer:"},
 }
 PROMPTS_VERSION = "v1"
+# a prompt that places the image itself goes in as plain text, only to the families whose image token it writes
+RAW_PROMPT_FAMILIES = {"seed000-llava": ("llava", "llava_gemma", "llava_next")}
 
 
 def format_prompt(style: str, question: str, options: list | None = None, use_options: bool = False) -> str:
@@ -219,6 +239,11 @@ def _quiet_transformers():
     transformers.utils.logging.set_verbosity_error()
 
 
+def _transformers_version() -> str:
+    from importlib.metadata import version  # not `import transformers`: a cache hit stays cheap
+    return version("transformers")
+
+
 def tiny_dir(name: str) -> Path:
     return cache_dir() / "tiny" / name
 
@@ -228,7 +253,9 @@ def ensure_tiny(name: str, rebuild: bool = False) -> Path:
     spec = get_spec(name)
     target = tiny_dir(name)
     marker = target / "abovqa_tiny.json"
-    version = f"{TINY_VERSION}-{content_hash(sorted(tiny_vocab().items()), n=8)}"  # a new vocabulary rebuilds
+    # a new vocabulary rebuilds, and so does another transformers: a dir saved by one may not load in another
+    # (class names in its configs), and the cache outlives an upgrade (a Colab Drive, a reused venv)
+    version = f"{TINY_VERSION}-{_transformers_version()}-{content_hash(sorted(tiny_vocab().items()), n=8)}"
     if not rebuild and marker.exists() and json.loads(marker.read_text()).get("version") == version:
         return target
     import torch
@@ -263,11 +290,21 @@ TINY_IMAGE_SIZE = 64
 _TINY_LAYERS = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)  # every tiny transformer
 
 
+def _pil_image_processor(family: str):
+    "The PIL image processor class of `family` (\"Blip\", \"CLIP\", ...): one that needs no torchvision."
+    import transformers
+    # current releases name it `BlipImageProcessorPil` (plain `BlipImageProcessor` wants torchvision there);
+    # transformers 5.0 (Kaggle's image) has no *Pil classes and its plain `BlipImageProcessor` is the PIL one
+    cls = getattr(transformers, f"{family}ImageProcessorPil", None) or getattr(transformers, f"{family}ImageProcessor")
+    assert not cls.__name__.endswith("Fast"), cls  # the Fast ones are torchvision's
+    return cls
+
+
 @_tiny_builder("blip")
 def _build_tiny_blip(path: Path, model_class: str = "BlipForQuestionAnswering", max_positions: int = 128):
     "A tiny BLIP of `model_class` (the VQA head here; the captioning head in \"Captioning\") with the tiny tokenizer."
     import transformers
-    from transformers import BlipConfig, BlipImageProcessorPil, BlipProcessor
+    from transformers import BlipConfig, BlipProcessor
     tok = tiny_tokenizer()
     vocab = tok.get_vocab()
     config = BlipConfig(
@@ -275,7 +312,7 @@ def _build_tiny_blip(path: Path, model_class: str = "BlipForQuestionAnswering", 
                          bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], eos_token_id=vocab["[SEP]"]),
         vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8),
         projection_dim=32)
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
+    processor = BlipProcessor(image_processor=_pil_image_processor("Blip")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
                               tokenizer=tok)
     _save(path, getattr(transformers, model_class)(config), processor)
 
@@ -331,13 +368,24 @@ class Adapter:
 
     def __init__(self, spec: ModelSpec, size: str = "tiny", *, path=None, adapter_dir=None, device: str | None = None,
                  dtype: str | None = None, quantization: str | None = None, use_options: bool = False,
-                 max_new_tokens: int | None = None, cpu_threads: int | None = None, profile=None, task: str = "vqa"):
+                 max_new_tokens: int | None = None, cpu_threads: int | None = None, profile=None, task: str = "vqa",
+                 prompt: str | None = None, postprocess: str | None = None):
         if size not in ("tiny", "full"):
             raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
         if task not in supported_tasks(spec):
             raise ValueError(f"{spec.name} cannot do {task!r} (it does {', '.join(supported_tasks(spec))}); "
                              f"models for {task!r}: {', '.join(models_for(task)) or 'none'}")
         self.spec, self.size, self.name, self.hub_id, self.task = spec, size, spec.name, spec.hub_id, task
+        # the prompt style and the post-processor: the spec's (its seed's) unless the user picks others by name
+        self.prompt_style, self.postprocessor = prompt or spec.prompt, postprocess or spec.postprocess
+        if self.prompt_style not in PROMPTS:
+            raise KeyError(f"unknown prompt style {self.prompt_style!r}; known: {sorted(PROMPTS)}")
+        get_postprocessor(self.postprocessor)
+        if prompt and prompt != spec.prompt and not spec.generative:
+            raise ValueError(f"{spec.name} is not prompted (it scores the question against its answers): --prompt does not apply")
+        if self.prompt_style in RAW_PROMPT_FAMILIES and spec.family not in RAW_PROMPT_FAMILIES[self.prompt_style]:
+            raise ValueError(f"prompt {self.prompt_style!r} writes the image token '<image>' itself, which only "
+                             f"{', '.join(RAW_PROMPT_FAMILIES[self.prompt_style])} models read; {spec.name} is a {spec.family} model")
         self.profile = profile or detect_hardware()
         self.device = device or ("cuda" if self.profile.n_gpus else "cpu")
         # fp16/bf16 only where a GPU runs it; CPU half precision is slow and lossy
@@ -366,7 +414,7 @@ class Adapter:
         if self.task == "caption":
             return f"caption-{CAPTION_STYLES[self.spec.family]}@{CAPTION_PROMPTS_VERSION}/caption_text"
         opts = "+options" if self.use_options else ""
-        return f"{self.spec.prompt}{opts}@{PROMPTS_VERSION}/{self.spec.postprocess}"
+        return f"{self.prompt_style}{opts}@{PROMPTS_VERSION}/{self.postprocessor}"
 
     @property
     def generation_settings(self) -> dict:
@@ -404,7 +452,15 @@ class Adapter:
         if self.adapter_dir and not (self.adapter_dir / "adapter_config.json").exists():
             source = str(self.adapter_dir)  # a full fine-tune saved with save_pretrained
         self.processor = self.load_processor(source)
-        model = getattr(transformers, self.model_class).from_pretrained(source, **self.model_kwargs())
+        kw = self.model_kwargs()
+        try:
+            model = getattr(transformers, self.model_class).from_pretrained(source, **kw)
+        except ValueError as e:
+            # transformers 5.0 (Kaggle's) refuses SDPA for a whole model if one part lacks it (BLIP-2's Q-Former), where
+            # later releases have it: then let transformers choose per part (SDPA wherever it can, its default)
+            if "attention implementation" not in str(e) or kw.pop("attn_implementation", None) is None:
+                raise
+            model = getattr(transformers, self.model_class).from_pretrained(source, **kw)
         if self.adapter_dir and (self.adapter_dir / "adapter_config.json").exists():
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, str(self.adapter_dir)).merge_and_unload()
@@ -429,7 +485,7 @@ class Adapter:
     def prompt(self, item: dict) -> str:
         if self.task == "caption":
             return CAPTION_PROMPTS[CAPTION_STYLES[self.spec.family]]
-        return format_prompt(self.spec.prompt, item["question"], item.get("options"), self.use_options)
+        return format_prompt(self.prompt_style, item["question"], item.get("options"), self.use_options)
 
     def predict(self, items: list[dict]) -> list[str]:
         "Raw outputs for a batch of {image, question, options} items, in order."
@@ -443,7 +499,7 @@ class Adapter:
         raise NotImplementedError
 
     def postprocess(self, raw: str) -> str:
-        return caption_text(raw) if self.task == "caption" else POSTPROCESSORS[self.spec.postprocess](raw)
+        return caption_text(raw) if self.task == "caption" else POSTPROCESSORS[self.postprocessor](raw)
 
     def prepare(self, qa) -> "Adapter":
         "Hook called with the whole qa table before predicting (CLIP's `all` regime takes its answer set from it)."
@@ -504,13 +560,13 @@ class ViltVqaAdapter(Adapter):
 
 @_tiny_builder("vilt")
 def _build_tiny_vilt(path: Path):
-    from transformers import ViltConfig, ViltForQuestionAnswering, ViltImageProcessorPil, ViltProcessor
+    from transformers import ViltConfig, ViltForQuestionAnswering, ViltProcessor
     tok = tiny_tokenizer()
     labels = list(dict.fromkeys(ANSWER_WORDS))
     config = ViltConfig(vocab_size=len(tok.get_vocab()), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, image_size=TINY_IMAGE_SIZE, patch_size=8, max_position_embeddings=40,
                         num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-    processor = ViltProcessor(image_processor=ViltImageProcessorPil(size={"shortest_edge": TINY_IMAGE_SIZE}, size_divisor=8),
+    processor = ViltProcessor(image_processor=_pil_image_processor("Vilt")(size={"shortest_edge": TINY_IMAGE_SIZE}, size_divisor=8),
                               tokenizer=tok)
     _save(path, ViltForQuestionAnswering(config), processor)
 
@@ -547,7 +603,7 @@ class ClipZeroShotAdapter(Adapter):
     def prompt_version(self) -> str:
         cands = content_hash(self.candidates, n=8) if self.candidates is not None else "unset"
         opts = "+options" if self.use_options else ""
-        return f"clip-{self.regime}-{cands}{opts}@{PROMPTS_VERSION}/{self.spec.postprocess}"
+        return f"clip-{self.regime}-{cands}{opts}@{PROMPTS_VERSION}/{self.postprocessor}"
 
     def _text_embeddings(self, question: str, candidates: list):
         "(len(candidates), dim) unit text embeddings on the device in the model's dtype, cached per (question, candidates)."
@@ -600,7 +656,7 @@ def _features(output):
 
 @_tiny_builder("clip")
 def _build_tiny_clip(path: Path):
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
     tok = tiny_tokenizer()
     vocab = tok.get_vocab()
     config = CLIPConfig(
@@ -608,7 +664,7 @@ def _build_tiny_clip(path: Path):
                          bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"]),  # pooled at the [SEP] token
         vision_config=dict(_TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=8), projection_dim=32)
     size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size=size),
+    processor = CLIPProcessor(image_processor=_pil_image_processor("CLIP")(size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size=size),
                               tokenizer=tok)
     _save(path, CLIPModel(config), processor)
 
@@ -656,6 +712,8 @@ class ChatVlmAdapter(GenerativeVlmAdapter):
     "A chat-tuned VLM: one user turn (image + instruction) through the processor's chat template."
 
     def texts(self, items):
+        if self.prompt_style in RAW_PROMPT_FAMILIES:  # seed 000's LLaVA prompt: plain text with its own <image>, no chat turn
+            return [self.prompt(it) for it in items]
         return [self.processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt(it)}]}], add_generation_prompt=True)
             for it in items]
@@ -700,7 +758,7 @@ def _tiny_decoder(model_type: str, vocab: dict, eos: str = "[SEP]", **kw) -> dic
 
 @_tiny_builder("blip2")
 def _build_tiny_blip2(path: Path):
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
     tok = _tiny_tokenizer_with_image_token()
     vocab = tok.get_vocab()
     config = Blip2Config(
@@ -710,15 +768,15 @@ def _build_tiny_blip2(path: Path):
                          ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=256, pad_token_id=vocab["[PAD]"],
                          bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"]),
         num_query_tokens=4, image_token_index=vocab["<image>"])
-    processor = Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
+    processor = Blip2Processor(image_processor=_pil_image_processor("Blip")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
                                tokenizer=tok, num_query_tokens=4)
     _save(path, Blip2ForConditionalGeneration(config), processor)
 
 
 @_tiny_builder("llava")
 def _build_tiny_llava(path: Path):
-    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    _build_tiny_llava_like(path, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, CLIPImageProcessorPil,
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    _build_tiny_llava_like(path, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, _pil_image_processor("CLIP"),
                            _tiny_tokenizer_with_image_token(), "llama", LLAVA_TINY_CHAT_TEMPLATE)
 
 
@@ -738,8 +796,8 @@ def _build_tiny_llava_like(path: Path, config_class, model_class, processor_clas
 
 register(ModelSpec("blip2-opt-2.7b", "Salesforce/blip2-opt-2.7b", "blip2", "one-word", "strip_answer", max_new_tokens=8,
                    notes="BLIP-2: frozen ViT + Q-Former + OPT-2.7B; the seed's 'Answer in one word' prompt."))
-register(ModelSpec("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "llava", "instruct", "last_word", max_new_tokens=10, large=True,
-                   notes="LLaVA-1.5 7B: CLIP ViT-L + Vicuna; answers in a phrase, its last word is kept."))
+register(ModelSpec("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "llava", "instruct", "strip_answer", max_new_tokens=10, large=True,
+                   notes="LLaVA-1.5 7B: CLIP ViT-L + Vicuna; seed 001's LLaVA rule (seed 000's: prompt seed000-llava, last_word)."))
 ADAPTERS.update(blip2=Blip2Adapter, llava=LlavaAdapter)
 
 # %% ../nbs/05_models.ipynb #92003fcb
@@ -783,7 +841,7 @@ def _saved_processor_class(source) -> str | None:
 
 @_tiny_builder("qwen2_5_vl")
 def _build_tiny_qwen(path: Path):
-    from transformers import AddedToken, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import AddedToken, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     tok = tiny_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in QWEN_TINY_SPECIAL_TOKENS]})
     vocab = tok.get_vocab()
@@ -796,15 +854,18 @@ def _build_tiny_qwen(path: Path):
                          pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["<|im_end|>"]),
         image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
         vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=TINY_IMAGE_SIZE ** 2, patch_size=8, merge_size=2,
-                                               temporal_patch_size=2)
+    image_processor = _pil_image_processor("Qwen2VL")(min_pixels=32 * 32, max_pixels=TINY_IMAGE_SIZE ** 2, patch_size=8,
+                                                      merge_size=2, temporal_patch_size=2)
     processor = _tiny_qwen_processor_class()(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_TINY_CHAT_TEMPLATE)
     _save(path, Qwen2_5_VLForConditionalGeneration(config), processor)
 
 
-register(ModelSpec("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "instruct", "strip_answer", max_new_tokens=10,
+register(ModelSpec("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "instruct", "dedupe_first", max_new_tokens=10,
                    large=True, tiny_words_only=True,  # the tiny preset ends its answers with <|im_end|>: see "More adapters"
-                   notes="Qwen2.5-VL 7B Instruct; verbose, so its first answer word is kept."))
+                   notes="Qwen2.5-VL 7B Instruct; seed 001's Qwen rule (letters, deduplicated, first token, 'unknown')."))
+register(ModelSpec("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", "instruct", "dedupe_first", max_new_tokens=10,
+                   tiny_words_only=True, notes="Qwen2.5-VL 3B Instruct: the variant seed 001 also fine-tuned (it learned the one-word "
+                                               "format more slowly than 7B); fits a T4 in fp16."))
 ADAPTERS["qwen2_5_vl"] = Qwen25VlAdapter
 
 # %% ../nbs/05_models.ipynb #329122a9
@@ -866,8 +927,7 @@ class Florence2Adapter(GenerativeVlmAdapter):
 
 @_tiny_builder("instructblip")
 def _build_tiny_instructblip(path: Path):
-    from transformers import (BlipImageProcessorPil, InstructBlipConfig, InstructBlipForConditionalGeneration,
-                              InstructBlipProcessor)
+    from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
     tok = _tiny_tokenizer_with_image_token()
     vocab = tok.get_vocab()
     config = InstructBlipConfig(
@@ -877,31 +937,31 @@ def _build_tiny_instructblip(path: Path):
                          num_heads=2, feed_forward_proj="gated-gelu", pad_token_id=vocab["[PAD]"], eos_token_id=vocab["[SEP]"],
                          decoder_start_token_id=vocab["[PAD]"]),
         num_query_tokens=4, image_token_index=vocab["<image>"])
-    processor = InstructBlipProcessor(image_processor=BlipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
+    processor = InstructBlipProcessor(image_processor=_pil_image_processor("Blip")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}),
                                       tokenizer=tok, qformer_tokenizer=tiny_tokenizer(), num_query_tokens=4)
     _save(path, InstructBlipForConditionalGeneration(config), processor)
 
 
 @_tiny_builder("llava_gemma")
 def _build_tiny_llava_gemma(path: Path):
-    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     tok = _tiny_tokenizer_with("<image>", "<start_of_turn>", "<end_of_turn>")
-    _build_tiny_llava_like(path, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, CLIPImageProcessorPil, tok, "gemma",
+    _build_tiny_llava_like(path, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, _pil_image_processor("CLIP"), tok, "gemma",
                            GEMMA_TINY_CHAT_TEMPLATE, text_kw=dict(eos="<end_of_turn>", num_key_value_heads=1, head_dim=16))
 
 
 @_tiny_builder("llava_next")
 def _build_tiny_llava_next(path: Path):
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     tok = _tiny_tokenizer_with("<image>", "[INST]", "[/INST]", max_length=1024)
-    _build_tiny_llava_like(path, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor, LlavaNextImageProcessorPil,
+    _build_tiny_llava_like(path, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor, _pil_image_processor("LlavaNext"),
                            tok, "mistral", MISTRAL_TINY_CHAT_TEMPLATE, text_kw=dict(num_key_value_heads=1, head_dim=16),
                            image_kw=dict(image_grid_pinpoints=TINY_GRID_PINPOINTS), image_grid_pinpoints=TINY_GRID_PINPOINTS)
 
 
 @_tiny_builder("florence2")
 def _build_tiny_florence2(path: Path):
-    from transformers import BertTokenizer, CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+    from transformers import BertTokenizer, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
     # Florence2Processor wraps every prompt in bos/eos and reads `tokenizer.image_token`
     tok = BertTokenizer(vocab=tiny_vocab(), do_lower_case=True, bos_token="[CLS]", eos_token="[SEP]", model_max_length=256,
                         extra_special_tokens={"image_token": "<image>"})
@@ -915,7 +975,7 @@ def _build_tiny_florence2(path: Path):
                          pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"],
                          decoder_start_token_id=vocab["[SEP]"], forced_eos_token_id=None))
     size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    image_processor = CLIPImageProcessorPil(size=size, crop_size=size, do_center_crop=False)
+    image_processor = _pil_image_processor("CLIP")(size=size, crop_size=size, do_center_crop=False)
     # DaViT strides 4 * 2 give an 8x8 grid, plus the pooled token Florence-2 prepends
     image_processor.image_seq_length = (TINY_IMAGE_SIZE // 8) ** 2 + 1
     _save(path, Florence2ForConditionalGeneration(config), Florence2Processor(image_processor=image_processor, tokenizer=tok))
@@ -945,7 +1005,16 @@ SEED004_CAPTION_PROMPT = (
     "immediate setting or context if prominent. Describe spatial positions and the composition where they matter. The caption "
     "must be in the present tense, maintain a neutral, factual tone (like a museum or news catalog entry), and avoid subjective "
     "opinions.")
-CAPTION_PROMPTS = {"seed004": SEED004_CAPTION_PROMPT, "blip2": "a photo of", "unconditional": "", "florence": "<MORE_DETAILED_CAPTION>"}
+# seed 004 trained on this one (15 to 25 words, no spatial sentence) and captioned with the one above
+SEED004_TRAIN_CAPTION_PROMPT = (
+    "Generate a single-sentence, objective, and descriptive caption for the given image. Strive to be as comprehensive and "
+    "detailed as possible, keeping it between 15 to 25 words. Your caption should focus on multiple significant visible "
+    "elements: identify primary subjects (e.g., people, animals) and their actions or notable characteristics; describe key "
+    "objects and their attributes; include specific brand names or clearly legible text from signs/labels; and mention the "
+    "immediate setting or context if prominent. The caption must be in the present tense, maintain a neutral, factual tone "
+    "(like a museum or news catalog entry), and avoid subjective opinions.")
+CAPTION_PROMPTS = {"seed004": SEED004_CAPTION_PROMPT, "seed004-train": SEED004_TRAIN_CAPTION_PROMPT, "blip2": "a photo of",
+                   "unconditional": "", "florence": "<MORE_DETAILED_CAPTION>"}
 class BlipCaptionAdapter(Adapter):
     "BLIP's captioning checkpoint: an image in, a caption out (a text prefix, when the prompt has one, conditions it)."
     model_class, processor_class = "BlipForConditionalGeneration", "BlipProcessor"

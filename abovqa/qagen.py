@@ -23,22 +23,27 @@ from .metrics import vqa_normalize
 
 # %% auto #0
 __all__ = ['QTYPES', 'DIFFICULTY', 'QTYPE_ALIASES', 'LEVELS', 'TEMPLATE_VERSION', 'TEMPLATES', 'BASIC_COLORS', 'COLOR_SYNONYMS',
-           'PROMPTS', 'DEFAULT_PROMPT', 'FAULTS', 'VERIFIED', 'COLOR_WORDS', 'MATERIAL_WORDS', 'SHAPE_WORDS',
-           'PATTERN_WORDS', 'WORD_SYNONYMS', 'OPEN_VALUES', 'TYPE_NOUNS', 'FIELD_VOCABS', 'FIELDS', 'QUESTION_FILLER',
-           'OPTION_VOCAB', 'QA_COLUMNS', 'REJECTED_COLUMNS', 'clean_answer', 'rejection_reason', 'validate_pairs',
-           'parse_pairs', 'QARequest', 'parts_count', 'TemplateBackend', 'get_backend', 'Prompt', 'prompt_fields',
-           'get_prompt', 'QuotaExhausted', 'gemini_api_keys', 'TokenBucket', 'KeySlot', 'KeyPool', 'GeminiBackend',
-           'GeminiStandIn', 'HFBackend', 'QALog', 'verify_answer', 'question_terms', 'question_similarity',
-           'is_near_duplicate', 'check_pairs', 'run_request', 'source_of', 'add_options', 'compile_qa', 'load_listings',
-           'build_requests', 'images_root_of', 'failure_counts', 'run_requests', 'pending_requests', 'generate']
+           'SEED001_FIELDS', 'PROMPTS', 'DEFAULT_PROMPT', 'FAULTS', 'VERIFIED', 'COLOR_WORDS', 'MATERIAL_WORDS',
+           'SHAPE_WORDS', 'PATTERN_WORDS', 'WORD_SYNONYMS', 'OPEN_VALUES', 'TYPE_NOUNS', 'FIELD_VOCABS', 'FIELDS',
+           'QUESTION_FILLER', 'OPTION_VOCAB', 'QA_COLUMNS', 'REJECTED_COLUMNS', 'clean_answer', 'infer_qtype',
+           'rejection_reason', 'clean_options', 'validate_pairs', 'parse_pairs', 'QARequest', 'parts_count',
+           'TemplateBackend', 'get_backend', 'Prompt', 'prompt_fields', 'seed001_metadata', 'get_prompt',
+           'QuotaExhausted', 'gemini_api_keys', 'TokenBucket', 'KeySlot', 'KeyPool', 'GeminiBackend', 'GeminiStandIn',
+           'HFBackend', 'QALog', 'verify_answer', 'question_terms', 'question_similarity', 'is_near_duplicate',
+           'check_pairs', 'run_request', 'source_of', 'add_options', 'compile_qa', 'load_listings', 'build_requests',
+           'images_root_of', 'failure_counts', 'run_requests', 'pending_requests', 'generate']
 
 # %% ../nbs/04_qagen.ipynb #e5e6e106
-QTYPES = ("color", "material", "shape", "pattern", "count", "yesno", "brand", "text", "type", "other")
+QTYPES = ("color", "material", "shape", "pattern", "count", "yesno", "brand", "text", "type", "comparison", "other")
 DIFFICULTY = {"color": "easy", "yesno": "easy", "type": "easy", "shape": "medium", "count": "medium",
-              "material": "medium", "pattern": "medium", "brand": "hard", "text": "hard", "other": "medium"}
+              "material": "medium", "pattern": "medium", "brand": "hard", "text": "hard", "comparison": "hard", "other": "medium"}
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())}
 _WORD = re.compile(r"[a-z0-9]+")
 _LEADING_ARTICLE = re.compile(r"^(?:a|an|the)\s+")
+QTYPE_ALIASES = {"colour": "color", "colors": "color", "colours": "color", "yes/no": "yesno", "yes_no": "yesno", "yes-no": "yesno",
+                 "boolean": "yesno", "binary": "yesno", "counting": "count", "number": "count", "quantity": "count",
+                 "product type": "type", "product_type": "type", "category": "type", "object": "type", "materials": "material",
+                 "logo": "brand", "ocr": "text", "comparison": "comparison", "compare": "comparison", "comparative": "comparison", "size": "other"}
 
 
 def clean_answer(answer, qtype: str = "other") -> str:
@@ -48,6 +53,34 @@ def clean_answer(answer, qtype: str = "other") -> str:
     if qtype == "count":
         text = _NUMBER_WORDS.get(text, text)
     return text
+
+
+# the question's words that say what it asks, tried in this order (the first match types it)
+_QTYPE_CUES = (
+    ("count", r"\bhow many\b|\bnumber of\b|\bcount\b"),
+    ("color", r"\bcolou?rs?\b|\bhue\b|\bshade\b"),
+    ("material", r"\bmaterials?\b|\bmade (?:of|from|out of)\b|\bfabric\b|\btexture\b"),
+    ("shape", r"\bshapes?d?\b"),
+    ("pattern", r"\bpatterns?\b|\bprint(?:ed)?\b|\bstripe[sd]?\b"),
+    ("brand", r"\bbrand\b|\blogo\b|\bmanufacturer\b|\bcompany\b"),
+    ("text", r"\btext\b|\bwritten\b|\bsays?\b|\bwords?\b|\bletters?\b|\blabel\b"),
+    ("type", r"\bwhat (?:kind|type|sort) of\b|\bwhat is (?:this|it|shown|pictured)\b|\bwhat (?:product|object|item)\b|\bcategory\b"),
+)
+_COMPARISON = re.compile(r"\b(?:which|what)\b[^?]*\b(?:\w{2,}er|more|less|most|least)\b[^?]*\bor\b|\bthan\b|\bcompared\b", re.I)
+_YESNO_START = re.compile(r"^(?:is|are|does|do|did|can|could|has|have|was|were|will|would|should)\b", re.I)
+
+
+def infer_qtype(question: str, answer=None) -> str:
+    "The type of a question from its words (and a yes/no or number answer), for replies that give none."
+    q, a = str(question).lower(), clean_answer(answer)
+    if a in ("yes", "no") or (not a and _YESNO_START.match(q.strip())):  # "Is it red or blue?" -> "red" is not yes/no
+        return "yesno"
+    if _COMPARISON.search(q):
+        return "comparison"
+    for qtype, cue in _QTYPE_CUES:
+        if re.search(cue, q):
+            return qtype
+    return "count" if a.isdigit() or a in _NUMBER_WORDS else "other"
 
 
 def rejection_reason(question: str, answer: str, qtype: str) -> str | None:
@@ -64,25 +97,35 @@ def rejection_reason(question: str, answer: str, qtype: str) -> str | None:
         return "answer not alphabetic"
     if qtype == "yesno":
         return None if answer in {"yes", "no"} else "yes/no answer not yes or no"
-    if answer in _WORD.findall(question.lower()):
+    if qtype != "comparison" and answer in _WORD.findall(question.lower()):  # a comparison names what it compares
         return "answer given away in the question"
     return None
+
+
+def clean_options(options, answer: str, qtype: str, n_options: int = 4) -> list | None:
+    "A reply's own options, cleaned like answers, when there are `n_options` distinct ones and the answer is one; else None."
+    if options is None or isinstance(options, str) or not len(options):
+        return None
+    cleaned = [clean_answer(o, qtype) for o in options]
+    return cleaned if len(cleaned) == n_options == len(set(cleaned)) and answer in cleaned else None
 
 
 def validate_pairs(pairs) -> tuple[list[dict], list[dict]]:
     "Split raw pairs into (kept, rejected): cleaned, typed and deduplicated per image; rejected ones carry a `reason`."
     kept, rejected, seen = [], [], set()
     for pair in pairs:
-        qtype = str(pair.get("qtype") or pair.get("type") or "other").strip().lower()
-        qtype = qtype if qtype in QTYPES else "other"
         question = " ".join(str(pair.get("question") or "").split())
+        given = str(pair.get("qtype") or pair.get("type") or "").strip().lower()
+        given = QTYPE_ALIASES.get(given, given)
+        qtype = given if given in QTYPES else infer_qtype(question, pair.get("answer"))  # untyped replies: typed from the text
         answer = clean_answer(pair.get("answer"), qtype)
         reason = rejection_reason(question, answer, qtype)
         if reason is None and question.lower() in seen:
             reason = "duplicate question"
-        row = {"question": question, "answer": answer, "qtype": qtype, "difficulty": pair.get("difficulty") or DIFFICULTY[qtype]}
+        row = {"question": question, "answer": answer, "qtype": qtype, "difficulty": pair.get("difficulty") or DIFFICULTY[qtype],
+               "options": clean_options(pair.get("options"), answer, qtype)}
         if reason:
-            rejected.append({**row, "raw_answer": str(pair.get("answer")), "reason": reason})
+            rejected.append({k: v for k, v in row.items() if k != "options"} | {"raw_answer": str(pair.get("answer")), "reason": reason})
         else:
             seen.add(question.lower())
             kept.append(row)
@@ -92,10 +135,6 @@ def validate_pairs(pairs) -> tuple[list[dict], list[dict]]:
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 _QA_LINE = re.compile(r"^\s*(?:\d+[.)]\s*)?(Q|A|T|Question|Answer|Type)\s*[:\-]\s*(.*)$", re.I)
 _CONTAINERS = ("pairs", "qas", "qa", "questions", "vqa", "vqa_pairs", "items", "data", "results")
-QTYPE_ALIASES = {"colour": "color", "colors": "color", "colours": "color", "yes/no": "yesno", "yes_no": "yesno", "yes-no": "yesno",
-                 "boolean": "yesno", "binary": "yesno", "counting": "count", "number": "count", "quantity": "count",
-                 "product type": "type", "product_type": "type", "category": "type", "object": "type", "materials": "material",
-                 "logo": "brand", "ocr": "text", "comparison": "other", "compare": "other", "size": "other"}
 LEVELS = ("easy", "medium", "hard")
 
 
@@ -314,8 +353,8 @@ class Prompt:
     def render(self, listing: dict) -> str:
         fields = prompt_fields(listing)
         text = re.sub(r"\{(\w+)\}", lambda m: fields.get(m.group(1), m.group(0)), self.text)
-        return text if "{metadata}" in self.text or "{name}" in self.text or "{keywords}" in self.text \
-            else f"{text}\n\nMetadata:\n{fields['metadata']}"
+        # a prompt that places no listing field itself (a user's free text) gets the metadata block under it
+        return text if re.search(r"\{\w+\}", self.text) else f"{text}\n\nMetadata:\n{fields['metadata']}"
 
 
 def _text(value) -> str:
@@ -334,7 +373,29 @@ def prompt_fields(listing: dict) -> dict:
     if _text(listing.get("color_standardized")):
         fields["color"] = _text(listing.get("color_standardized"))
     fields["metadata"] = "\n".join(f"- {label}: {fields[key]}" for key, label in labels.items() if fields[key])
+    fields["seed001_metadata"] = seed001_metadata(listing)
     return fields
+
+
+# seed 001's 12 ABO attributes, in its order, and the curated column each is in
+SEED001_FIELDS = (("bullet_point", "bullet_points"), ("color", "color"), ("product_type", "product_type"),
+                  ("fabric_type", "fabric_type"), ("finish_type", "finish_type"), ("item_keywords", "keywords"),
+                  ("item_name", "name"), ("item_shape", "shape"), ("material", "material"), ("pattern", "pattern"),
+                  ("product_description", "description"), ("style", "style"))
+_METADATA_LINE = {"bullet_points": "bullet points", "description": "description"}  # kept only in metadata_text by curation
+
+
+def seed001_metadata(listing: dict) -> str:
+    "Seed 001's metadata string: one line per attribute the listing has (its 12, in its order), several values comma-joined."
+    lines = []
+    for attribute, column in SEED001_FIELDS:
+        value = _text(listing.get(column))
+        if not value and column in _METADATA_LINE:
+            found = re.search(rf"(?m)^{_METADATA_LINE[column]}: (.*)$", _text(listing.get("metadata_text")))
+            value = found.group(1).strip() if found else ""
+        if value:
+            lines.append(f"{attribute}: {value}")
+    return "\n".join(lines)
 
 
 PROMPTS = {p.id: p for p in [
@@ -370,7 +431,7 @@ Only respond with the JSON array.
         "other data. Use its metadata to verify the answers. Each question has to be independent of the others. Since I need to "
         "automate parsing these question and answers, please provide them in CSV format: question, answer. Please do not generate "
         "anything else other than question and answers as it makes it difficult to write an automated parser.\n\n"
-        "Metadata:\n{metadata}")),
+        "Metadata:\n{seed001_metadata}")),
     Prompt("seed002-v1", max_output_tokens=512, origin="seed 002, section 2.2 (its constraints, as a prompt)", text="""\
 Generate five question-answer pairs about the product in this image, for training a visual question answering model.
 Product keywords: {keywords}
@@ -383,7 +444,7 @@ Rules:
 
 Respond with a JSON array only: [{"question": "...", "answer": "...", "category": "easy"}, ...]
 """),
-    Prompt("seed003-v1", max_output_tokens=768, origin="seed 003, section 3.1 (its template, as a prompt)", text="""\
+    Prompt("seed003-v1", max_output_tokens=500, origin="seed 003, section 3.1 (its template, as a prompt)", text="""\
 Look at this product image and write exactly 5 multiple-choice questions about it:
 1 yes/no question, 2 questions about its color, material or shape, 1 counting question whose answer is a number from 0 to 10,
 and 1 comparison question. Every answer is a single word. Give each question 4 plausible options, one of them the answer.
@@ -648,10 +709,12 @@ class GeminiStandIn:
     "A local generateContent server with quotas, latency and faults (stdlib only); a context manager."
 
     def __init__(self, keys, rpm: float | None = None, rpd: int | None = None, window: float = 60.0, latency=(0.0, 0.0),
-                 faults: dict | None = None, retry_after: float = 1.0, hang: float = 5.0, every_time: bool = False, port: int = 0):
+                 faults: dict | None = None, retry_after: float = 1.0, hang: float = 5.0, every_time: bool = False, port: int = 0,
+                 reply=None):
         self.keys, self.rpm, self.rpd, self.window = list(keys), rpm, rpd, window
         self.latency, self.faults, self.retry_after, self.hang = latency, dict(faults or {}), retry_after, hang
         self.every_time = every_time  # faults on every request of an image, not only its first
+        self.reply = reply or self.answer  # prompt -> reply text: another generator's style (a seed's untyped JSON, options...)
         self.lock = threading.Lock()
         self.log: list[dict] = []  # one entry per request: t, key (1-based number, 0 unknown), image, status, fault
         self._seen: dict[str, int] = {}
@@ -779,7 +842,7 @@ class GeminiStandIn:
                     entry["status"] = 504
                     time.sleep(standin.hang)
                     return self._error(504, "deadline exceeded")
-                text = "I'm sorry, I can't {read} that" if fault == "malformed" else standin.answer(prompt)
+                text = "I'm sorry, I can't {read} that" if fault == "malformed" else standin.reply(prompt)
                 entry["status"] = 200
                 self._send(200, {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
                                  "modelVersion": self.path.split("/")[-1].split(":")[0]})
@@ -802,7 +865,6 @@ class HFBackend:
 
     def __init__(self, model: str | None = None, prompt: str | Prompt | None = None, size: str = "full",
                  max_new_tokens: int | None = None, images_root=None, **adapter_options):
-        import dataclasses
         from abovqa.models import REGISTRY, get_adapter
         name = model or "qwen2.5-vl-7b"
         if name not in REGISTRY:
@@ -811,8 +873,9 @@ class HFBackend:
             raise ValueError(f"{name!r} answers questions but cannot write them: use a generative VLM (qwen2.5-vl-7b, llava-1.5-7b, ...)")
         self.prompt = get_prompt(prompt)
         self.prompt_version = self.prompt.id
-        self.adapter = get_adapter(name, size, max_new_tokens=max_new_tokens or self.prompt.max_output_tokens, **adapter_options)
-        self.adapter.spec = dataclasses.replace(self.adapter.spec, prompt="bare")  # the prompt goes in as written
+        # prompt style "bare": the generation prompt goes in as written
+        self.adapter = get_adapter(name, size, max_new_tokens=max_new_tokens or self.prompt.max_output_tokens, prompt="bare",
+                                   **adapter_options)
         self.model = name if size == "full" else f"{name}-{size}"
         self.images_root = Path(images_root) if images_root else None
 
@@ -1189,12 +1252,16 @@ def _same_answer(a: str, b: str) -> bool:
 
 
 def add_options(qa: pd.DataFrame, seed: int = 42, n_options: int = 4) -> pd.DataFrame:
-    "An `options` column: the answer and n-1 same-type distractors, shuffled, deterministic per qa_id; None for yes/no."
+    "An `options` column: the generator's own where it wrote them, else the answer and n-1 same-type distractors, shuffled, deterministic per qa_id; None for yes/no."
     options = []
+    own = qa["options"].tolist() if "options" in qa else [None] * len(qa)
     # one spelling per meaning in each pool, so no two options are the same answer ("grey" and "gray")
     pools = {qtype: sorted({_canonical_answer(a): a for a in sorted(set(group["answer"]) | set(OPTION_VOCAB.get(qtype, ())), reverse=True)}.values())
              for qtype, group in qa.groupby("qtype")}
-    for qa_id, qtype, answer in zip(qa["qa_id"], qa["qtype"], qa["answer"]):
+    for qa_id, qtype, answer, given in zip(qa["qa_id"], qa["qtype"], qa["answer"], own):
+        if isinstance(given, (list, tuple)) or type(given).__name__ == "ndarray":  # the generator's own (seed 003 wrote 4): kept
+            options.append(list(given))
+            continue
         candidates = [] if qtype == "yesno" else [c for c in pools[qtype] if not _same_answer(c, answer)]
         if len(candidates) < n_options - 1:
             options.append(None)
@@ -1232,7 +1299,7 @@ def compile_qa(work, keys=None, seed: int = 42, keep_contradicting: bool = False
             rows.append({**base, **pair, "qa_id": content_hash(record["image_id"], pair["question"], base["source"])})
         for pair in record["rejected"] + checked_out:
             rejected.append({**base, **pair, "key": record["key"]})
-    qa = pd.DataFrame(rows, columns=[c for c in QA_COLUMNS if c != "options"] + ["verified"])
+    qa = pd.DataFrame(rows, columns=QA_COLUMNS + ["verified"])
     qa = qa.drop_duplicates("qa_id").sort_values("qa_id", kind="stable").reset_index(drop=True)
     qa = add_options(qa, seed=seed)[QA_COLUMNS + ["verified"]]  # QA_COLUMNS are shared with captions, which are not verified
     rejected = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)

@@ -77,13 +77,15 @@ def secret_problems(parameters: dict, where: str = "parameters") -> list[str]:
 
 # %% ../nbs/10_runs.ipynb #5a371ae7
 def pipeline_dir() -> Path:
-    "The pipeline notebooks: `$ABOVQA_NOTEBOOKS`, else the checkout's `nbs/pipeline`, else `./nbs/pipeline`."
+    "The pipeline notebooks: `$ABOVQA_NOTEBOOKS`, else the checkout's `nbs/pipeline` (an editable install), else the wheel's copy."
     if env := os.environ.get("ABOVQA_NOTEBOOKS"):
         if not Path(env).is_dir():
             raise FileNotFoundError(f"$ABOVQA_NOTEBOOKS={env} is not a directory")
         return Path(env)
     import abovqa  # the package itself, so this works from the notebook and from the module alike
-    candidates = [Path(abovqa.__file__).resolve().parent.parent / "nbs" / "pipeline", Path.cwd() / "nbs" / "pipeline"]
+    package = Path(abovqa.__file__).resolve().parent
+    # setup.py's build_py puts the notebooks in the wheel as abovqa/nbs/pipeline
+    candidates = [package.parent / "nbs" / "pipeline", package / "nbs" / "pipeline"]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate

@@ -1,6 +1,8 @@
-"""Shared fixtures: the repository root, its venv binaries, and an isolated cache per session."""
+"""Shared fixtures: the repository root, its venv binaries, and an isolated cache per session; the built wheel and
+Kaggle's image as a venv, to test the product as a user installs it."""
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+IMAGE_VENV = REPO / ".venv-kaggle"  # `make .venv-kaggle`: what Kaggle's image preinstalls, without abovqa
+IMAGE_CONSTRAINTS = REPO / "kaggle" / "image-constraints.txt"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +39,58 @@ def study(tmp_path_factory) -> Path:
     curate(sample_root(), work)
     generate(work)
     return work
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    "The abovqa wheel, built once per session the way `abovqa kaggle build` builds it (a temporary copy: no build/ lands here)."
+    from abovqa.kaggle import build_wheel
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def kaggle_image_python() -> Path:
+    "The python of the image venv (`make .venv-kaggle`, built here if `make test` did not): Kaggle's preinstalled stack."
+    if not (IMAGE_VENV / ".image-installed").is_file():
+        subprocess.run(["make", ".venv-kaggle"], cwd=REPO, check=True)
+    return IMAGE_VENV / "bin" / "python"
+
+
+def _purelib(python) -> Path:
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return Path(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+
+
+def overlay_venv(image_python, dest) -> Path:
+    """A fresh venv at `dest` layered over the image venv: it sees every package of the image, and pip (the image's,
+    run as `dest/bin/python -m pip`) installs into `dest` only what is missing or must change. pip never uninstalls
+    outside the venv it runs in, so the image venv stays as built. A `python3` Jupyter kernel is registered in
+    `dest` (papermill runs the pipeline with that kernel name); run it with `overlay_env(dest)`. Returns its python."""
+    dest = Path(dest)
+    subprocess.run([str(image_python), "-m", "venv", "--without-pip", str(dest)], check=True)
+    python = dest / "bin" / "python"
+    # addsitedir, not a bare path: the image's own .pth files (namespace packages, setuptools' shims) apply too
+    (_purelib(python) / "_image_venv.pth").write_text(f"import site; site.addsitedir({str(_purelib(image_python))!r})\n")
+    image_prefix = subprocess.run([str(image_python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True)
+    (dest / "image-venv.txt").write_text(image_prefix.stdout.strip())  # for overlay_env's JUPYTER_PATH
+    subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(dest), "--name", "python3",
+                    "--display-name", "Python 3 (overlay)"], check=True, capture_output=True)
+    return python
+
+
+def overlay_env(dest, **extra) -> dict:
+    """The environment to run commands of the overlay venv `dest` in: its bin/ first, its kernel found before any
+    user-wide one, its own NLTK data (WordNet is copied there on first use) and tiny-model cache, offline hubs, and
+    nothing of this checkout on the path."""
+    dest = Path(dest)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "JUPYTER_PATH", "NLTK_DATA")}
+    env.update(PATH=f"{dest / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(dest), PYTHONNOUSERSITE="1",
+               # the overlay's kernel first; then the image's Jupyter data (nbconvert's templates live there)
+               JUPYTER_PATH=os.pathsep.join(str(Path(p, "share", "jupyter")) for p in (dest, (dest / "image-venv.txt").read_text())),
+               NLTK_DATA=str(dest / "nltk_data"),
+               ABOVQA_CACHE=str(dest / "abovqa-cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
+    env.update(extra)
+    return env
 
 
 def fresh_work(study: Path, tmp_path: Path, name: str = "w") -> Path:

@@ -137,6 +137,56 @@ def test_settings_change_is_refused_and_resume_from_input_root(study, tmp_path, 
     assert min(steps) < step < max(steps) == 400  # one log across both sessions
 
 
+def test_show_config_prints_the_resolved_seed_settings(capsys):
+    from abovqa.cli import main
+    assert main(["finetune", "--work", "unused", "--recipe", "vlm-qlora", "--config", "seed003", "--show-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["config"] == "seed003" and shown["seed_model"] == "llava-gemma-2b"
+    assert shown["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert (shown["lora"]["r"], shown["lora"]["lora_alpha"], shown["lora"]["lora_dropout"]) == (16, 32, 0.075)
+    args = shown["training_arguments"]
+    assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"], args["weight_decay"]) == (3, 6, 1e-6)
+    assert args["optim"] == "adamw_torch_fused" and args["gradient_checkpointing"] is False and args["max_grad_norm"] == 0.3
+    assert main(["finetune", "--work", "unused", "--recipe", "blip-lora", "--config", "seed001", "--show-config",
+                 "--set", "learning_rate=2e-4", "target_modules=[query,value]"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["training_arguments"]["learning_rate"] == 2e-4 and shown["lora"]["target_modules"] == ["query", "value"]
+    assert shown["training_arguments"]["eval_steps"] == 1000 and shown["training_arguments"]["metric_for_best_model"] == "loss"
+    with pytest.raises(SystemExit, match="unknown finetune settings"):
+        main(["finetune", "--work", "unused", "--recipe", "blip-lora", "--show-config", "--set", "lr=1"])
+
+
+def test_set_on_resume_needs_allow_change_and_is_recorded(study, tmp_path, capsys):
+    "Seed 001 lowered its learning rate by hand mid-run: refused silently changed, accepted with --allow-change, and really used."
+    from abovqa.cli import main
+    from abovqa.finetune import show_config
+    work = fresh_work(study, tmp_path)
+    base = ["finetune", "--work", str(work), "--recipe", "blip-lora", "--size", "tiny", "--run", "lr"]
+    cadence = ["eval_steps=10", "logging_steps=2"]
+    assert main(base + ["--max-steps", "20", "--set", *cadence]) == 0
+    state = json.loads((work / "checkpoints" / "lr" / "checkpoint-20" / "trainer_state.json").read_text())
+    shown = show_config("blip-lora", size="tiny", max_steps=20, eval_steps=10, logging_steps=2)["training_arguments"]
+    assert (state["logging_steps"], state["eval_steps"], state["save_steps"], state["train_batch_size"]) == (
+        shown["logging_steps"], shown["eval_steps"], shown["save_steps"], shown["per_device_train_batch_size"]), "--show-config is what trains"
+    first_lr = show_config("blip-lora", size="tiny")["training_arguments"]["learning_rate"]
+
+    lower = base + ["--max-steps", "40", "--set", *cadence, "learning_rate=1e-4"]
+    with pytest.raises(SystemExit, match="allow-change"):
+        main(lower)
+    run_file = json.loads((work / "checkpoints" / "lr" / "abovqa_run.json").read_text())
+    assert run_file["history"] == [] and run_file["settings"]["config"]["learning_rate"] == first_lr, "the refused call changed nothing"
+
+    assert main(lower + ["--allow-change"]) == 0
+    run_file = json.loads((work / "checkpoints" / "lr" / "abovqa_run.json").read_text())
+    assert len(run_file["history"]) == 1
+    assert run_file["history"][0]["changed"] == {"config.learning_rate": [first_lr, 1e-4], "max_steps": [20, 40]}
+    log = json.loads((work / "checkpoints" / "lr" / "log_history.json").read_text())
+    after = [h["learning_rate"] for h in log if h.get("step", 0) > 20 and "learning_rate" in h]
+    assert after and max(after) <= 1e-4 * 1.0001, f"the resumed steps ran at the new rate, not the checkpoint's: {after}"
+    with pytest.raises(SystemExit, match="cannot change on resume"):
+        main(base + ["--max-steps", "40", "--set", *cadence, "learning_rate=1e-4", "r=8", "--allow-change"])
+
+
 def test_early_stopping_learning_rate_peak_memory_and_report_to(study, tmp_path):
     "With lr 0 the val metric cannot improve: patience 2 stops after the third evaluation; the log has the learning rate."
     import importlib.util

@@ -214,3 +214,56 @@ def test_pipeline_notebook_with_the_gemini_backend(keys, study, tmp_path):
     assert qa["image_id"].nunique() == 12 and qa["source"].str.startswith("gemini:").all()
     assert "questions on 12 images" in out.read_text() and len(server.log) == 12
     assert_no_key_in([out, tmp_path / "work" / "qa"], keys, run.stdout, run.stderr)
+
+
+def _field(prompt: str, label: str) -> str | None:
+    import re
+    m = re.search(rf"(?im)^\W*{label}:\s*(.+?)\s*$", prompt)
+    return m.group(1).strip() if m else None
+
+
+def seed000_reply(prompt: str) -> str:
+    "What Gemini sent seed 000: nested one-element lists, no type, a count among the answers."
+    import json
+    color = (_field(prompt, "Color") or "red").split()[-1]
+    pairs = [("What is the main color of this product?", color), ("How many legs are visible?", "4"),
+             ("Is there a person in the picture?", "No")]
+    return json.dumps([[{"question": [q], "answer": [a]}] for q, a in pairs])
+
+
+def seed003_reply(prompt: str) -> str:
+    "What seed 003's generator wrote: typed questions, 4 options each, a comparison among them."
+    import json
+    color = (_field(prompt, "Color") or "red").split()[-1].lower()
+    others = [c for c in ("teal", "maroon", "ivory", "olive") if c != color][:3]
+    pairs = [{"question": "What is the main color of this product?", "answer": color, "type": "color", "options": [others[0], color, *others[1:]]},
+             {"question": "Which is taller, the back or the legs?", "answer": "back", "type": "comparison",
+              "options": ["legs", "back", "seat", "arms"]},
+             {"question": "Is it shown on a plain background?", "answer": "yes", "type": "yesno", "options": ["yes", "no", "maybe", "unclear"]}]
+    return "```json\n" + json.dumps(pairs) + "\n```"
+
+
+def test_untyped_seed000_reply_is_typed_from_its_text_and_keeps_counts(work, keys):
+    with GeminiStandIn(keys, reply=seed000_reply) as server:
+        qa = generate(work, backend="gemini", prompt="seed000-v1", base_url=server.url, max_images=8, rpm=6000, verbose=False)
+    assert len(server.log) == 8
+    assert set(qa.qtype) == {"color", "count", "yesno"}, qa.qtype.value_counts()
+    counts = qa[qa.qtype == "count"]
+    assert len(counts) == 8 and (counts.answer == "4").all() and (counts.difficulty == "medium").all()
+    rejected = pd.read_parquet(work / "qa" / "rejected.parquet")
+    assert "answer not alphabetic" not in set(rejected.reason), rejected.reason.value_counts()
+
+
+def test_seed003_reply_keeps_its_options_and_comparison_questions(work, keys):
+    with GeminiStandIn(keys, reply=seed003_reply) as server:
+        qa = generate(work, backend="gemini", prompt="seed003-v1", base_url=server.url, max_images=6, rpm=6000, verbose=False)
+    assert server.log[0]["config"]["maxOutputTokens"] == 500, "seed 003's generation length"
+    comparison = qa[qa.qtype == "comparison"]
+    assert len(comparison) == 6 and (comparison.answer == "back").all() and (comparison.difficulty == "hard").all()
+    assert all(list(o) == ["legs", "back", "seat", "arms"] for o in comparison.options), "the generator's options, in its order"
+    colors = qa[qa.qtype == "color"]
+    assert len(colors) and all(set(o) - {a} <= {"teal", "maroon", "ivory", "olive"} for o, a in zip(colors.options, colors.answer)), \
+        "the reply's distractors, not the kit's"
+    assert all(list(o) == ["yes", "no", "maybe", "unclear"] for o in qa[qa.qtype == "yesno"].options)
+    rejected = pd.read_parquet(work / "qa" / "rejected.parquet")
+    assert "answer given away in the question" not in set(rejected.reason)

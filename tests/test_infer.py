@@ -188,7 +188,7 @@ def test_two_cpu_workers_give_one_workers_result(work, tmp_path):
     one = predict(shutil.copytree(work, tmp_path / "one"), "blip-vqa-base", split="all", frac=0.15, batch_size=4, workers=1, progress=False)
     two = predict(work, "blip-vqa-base", split="all", frac=0.15, batch_size=4, workers=2, progress=False)
     assert two.attrs["stats"]["workers"] == 2
-    ranks = sorted(p.name.split("-")[0] for p in (work / "predictions" / ".cache" / "blip-vqa-base-tiny").glob("*.jsonl"))
+    ranks = sorted(p.name.split("-")[0] for p in (work / "predictions" / ".cache" / "blip-vqa-base-tiny-15pct").glob("*.jsonl"))
     assert ranks == ["rank0", "rank1"], "one shard per rank, merged at the end"
     pd.testing.assert_frame_equal(two[SAME], one[SAME])
 
@@ -206,7 +206,7 @@ def test_baselines_notebook_runs_under_papermill(work, tmp_path):
 @pytest.mark.parametrize("name", ["vilt-b32-vqa", "clip-vit-b32", "blip2-opt-2.7b", "llava-1.5-7b", "qwen2.5-vl-7b"])
 def test_every_registered_tiny_model_predicts_through_the_same_path(work, name):
     preds = predict(work, name, frac=0.25, batch_size=4, progress=False)
-    assert len(preds) > 0 and preds.ok.all() and (preds.run == f"{name}-tiny").all()
+    assert len(preds) > 0 and preds.ok.all() and (preds.run == f"{name}-tiny-25pct").all()
     assert preds.answer.map(lambda a: isinstance(a, str) and a == a.strip().lower()).all()
 
 
@@ -216,3 +216,34 @@ def test_clip_all_regime_ranks_every_reference_answer(work):
     assert set(preds.raw) <= set(qa.answer.astype(str)) and preds.prompt_version.str.startswith("clip-all-").all()
     fixed = predict(work, "clip-vit-b32", run="clip-all", frac=0.25, progress=False)
     assert fixed.attrs["stats"]["n_cached"] == 0, "another candidate set is another prompt version: nothing reused"
+
+
+def test_predict_with_and_without_options_writes_two_runs(work, capsys):
+    "The CLI's default run name keeps the options (and the fraction): a plain run cannot overwrite the options run."
+    from abovqa.cli import main
+    base = ["predict", "--work", str(work), "--model", "blip-vqa-base", "--size", "tiny", "--frac", "0.5"]
+    assert main(base + ["--options"]) == 0
+    options_run = work / "predictions" / "blip-vqa-base-tiny-50pct-options.parquet"
+    with_options = options_run.read_bytes()
+    assert main(base) == 0
+    plain = pd.read_parquet(work / "predictions" / "blip-vqa-base-tiny-50pct.parquet")
+    assert options_run.read_bytes() == with_options, "the plain run left the options run alone"
+    shown = pd.read_parquet(options_run)
+    assert set(shown.qa_id) == set(plain.qa_id) and shown.prompt_version.str.contains(r"\+options").all()
+    assert not plain.prompt_version.str.contains("options").any()
+
+
+def test_postprocess_and_prompt_from_the_cli_are_their_own_runs(work):
+    from abovqa.cli import main
+    base = ["predict", "--work", str(work), "--model", "llava-1.5-7b", "--size", "tiny", "--frac", "0.25"]
+    assert main(base) == 0 and main(base + ["--prompt", "seed000-llava", "--postprocess", "last_word"]) == 0
+    default = pd.read_parquet(work / "predictions" / "llava-1.5-7b-tiny-25pct.parquet")
+    seed000 = pd.read_parquet(work / "predictions" / "llava-1.5-7b-tiny-25pct-p-seed000-llava-pp-last_word.parquet")
+    assert (default.prompt_version == "instruct@v1/strip_answer").all()
+    assert (seed000.prompt_version == "seed000-llava@v1/last_word").all()
+    from abovqa.models import last_word
+    assert seed000.answer.tolist() == [last_word(r) for r in seed000.raw]
+    with pytest.raises(SystemExit, match="not a CLIP model"):
+        main(base + ["--regime", "all"])
+    assert main(["predict", "--work", str(work), "--model", "clip-vit-b32", "--size", "tiny", "--frac", "0.25", "--regime", "all"]) == 0
+    assert (pd.read_parquet(work / "predictions" / "clip-vit-b32-tiny-25pct-all.parquet").prompt_version.str.startswith("clip-all-")).all()

@@ -20,7 +20,8 @@ from conftest import BIN, overlay_env, overlay_venv
 USER, ABO = "sim", "abo-catalog"
 WEIGHTS = "blip-tiny/transformers/default/1"  # a Kaggle Model: /kaggle/input/<model>/<framework>/<variation>/<version>
 PARAMS = ["30_baselines.models=[blip-vqa-base]", "30_baselines.size=full",  # full size: the attached Kaggle Model
-          "40_finetune_lora.size=full", "40_finetune_lora.config=demo", "40_finetune_lora.max_steps=60",
+          "40_finetune_lora.size=full", "40_finetune_lora.config=demo", "40_finetune_lora.max_steps=40",
+          "40_finetune_lora.overrides={eval_steps: 20}",
           "41_finetune_qlora.model=llava-1.5-7b", "41_finetune_qlora.train_with_options=[false]", "41_finetune_qlora.max_steps=8",
           "70_captioning.models=[blip-caption-base]", "70_captioning.max_steps=6", "preset=balanced"]
 # Each session starts here (TimeBudget counts from it): the first fine-tune session is already at its budget, so it
@@ -58,7 +59,8 @@ class Kaggle:
         executed.parent.mkdir(exist_ok=True)
         command = [self.python, "-m", "papermill", "-k", "python3", "--log-level", "ERROR", self.built / step / meta["code_file"], executed]
         env = overlay_env(self.python.parent.parent, KAGGLE_KERNEL_RUN_TYPE="Batch", HOME=str(self.root / "home"),
-                          ABOVQA_SESSION_START=str(session_start or time.time()))
+                          ABOVQA_SESSION_START=str(session_start or time.time()),
+                          OMP_NUM_THREADS="1")  # 2 cores shared with Jupyter and pip: spinning OpenMP threads only slow it
         for key in [k for k in env if k.startswith("PIP_")] + ["HF_HUB_OFFLINE", "ABOVQA_CACHE", "ABOVQA_WORK", "ABOVQA_NOTEBOOKS",
                                                                "ABOVQA_WEIGHTS"]:
             env.pop(key, None)  # the setup cell decides; tiny models and the sample (if anything asked) go under HOME
@@ -156,7 +158,7 @@ def test_every_kernel_runs_offline_from_the_wheel_on_the_attached_catalog(kaggle
     qa = pd.read_parquet(working / "qa" / "qa.parquet")
     summary = pd.read_csv(working / "metrics" / "summary.csv")
     assert set(qa.image_id) <= attached and not set(qa.image_id) & embedded
-    assert {"blip-vqa-base-full", "blip-vqa-base-full-blip-lora-demo"} <= set(summary.run), summary.run.tolist()
+    assert {"blip-vqa-base-full", "blip-vqa-base-full-lora-demo"} <= set(summary.run), summary.run.tolist()
     for run in summary.run:
         scored = pd.read_parquet(working / "metrics" / f"{run}.parquet")
         assert set(scored.qa_id) <= set(qa.qa_id)
@@ -169,6 +171,20 @@ def test_the_fine_tune_resumes_in_its_next_session(kaggle):
     second, text2 = _ok(kaggle.results["40_finetune_lora"])
     assert "'status': 'complete'" in text2 and "'resumed_from_step': 1" in text2
     assert list((second / "adapters").glob("*/adapter_model.safetensors"))
+
+
+def test_kaggle_build_works_from_the_installed_wheel(kaggle, built_wheel, tmp_path):
+    "In the image with abovqa installed from its wheel (no checkout anywhere), the build repacks the installed kit."
+    import zipfile
+    done = subprocess.run([str(kaggle.python.parent / "abovqa"), "kaggle", "build", "60_error_analysis", "--no-deps", "--user", USER,
+                           "--abo-dataset", f"{USER}/{ABO}", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          cwd=tmp_path, env=overlay_env(kaggle.python.parent.parent), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [repacked] = (tmp_path / "out" / "abovqa-wheel").glob("abovqa-*.whl")
+    original, again = zipfile.ZipFile(built_wheel), zipfile.ZipFile(repacked)
+    content = lambda z: {n: z.read(n) for n in z.namelist() if not n.endswith("/RECORD")}
+    assert content(again) == content(original), "the repacked wheel holds the very files of the installed one"
+    assert (tmp_path / "out" / "60_error_analysis" / "kernel-metadata.json").is_file()
 
 
 def test_a_step_without_its_upstream_stops_and_says_what_to_attach(kaggle):

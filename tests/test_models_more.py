@@ -31,13 +31,13 @@ def work(tmp_path_factory):
 @pytest.mark.parametrize("name", list(NEW))
 def test_tiny_adapter_answers_through_predict(work, name):
     preds = predict(work, name, size="tiny", frac=0.5, batch_size=8, progress=False)
-    on_disk = pd.read_parquet(work / "predictions" / f"{name}-tiny.parquet")
+    on_disk = pd.read_parquet(work / "predictions" / f"{name}-tiny-50pct.parquet")  # a fraction is its own run
     qa = pd.read_parquet(work / "qa" / "qa.parquet")
     assert list(on_disk.columns) == PREDICTION_COLUMNS and len(on_disk) > 0
     assert set(on_disk.qa_id) <= set(qa[qa.split == "test"].qa_id)
     assert on_disk.ok.all(), on_disk.error.dropna().unique()[:3]
     assert on_disk.answer.map(lambda a: isinstance(a, str) and a != "" and a == a.strip().lower()).all()
-    assert (on_disk.run == f"{name}-tiny").all() and (on_disk.model == name).all()
+    assert (on_disk.run == f"{name}-tiny-50pct").all() and (on_disk.model == name).all()
     adapter = get_adapter(name)
     assert (on_disk.prompt_version == adapter.prompt_version).all() and adapter.spec.postprocess in adapter.prompt_version
     assert on_disk.answer.tolist() == [adapter.postprocess(r) for r in on_disk.raw], "answers are the post-processed raw outputs"
@@ -68,3 +68,24 @@ def test_seed_settings():
         get_adapter("florence-2", trust_remote_code=True)
     with pytest.raises(ValueError, match="vicuna-7b"):
         get_adapter("instructblip", variant="opt")
+
+
+# seed 001's post-processing rules on the seeds' own examples (a right answer must not become "a")
+GOLDEN = [("first_word", "a dolphin", "dolphin"), ("first_word", "Bird flying", "bird"), ("first_word", "A red chair.", "red"),
+          ("strip_answer", "Answer: A dolphin", "dolphin"), ("strip_answer", "dolphin!", "dolphin"),
+          ("strip_answer", "ASSISTANT: 2", "2"), ("dedupe_first", "Blue blue BLUE.", "blue"), ("dedupe_first", "!!", "unknown"),
+          ("last_word", "The colour is Red.", "red")]
+
+
+@pytest.mark.parametrize("rule, raw, answer", GOLDEN)
+def test_golden_post_processing(rule, raw, answer):
+    from abovqa.metrics import vqa_normalize
+    from abovqa.models import POSTPROCESSORS
+    assert POSTPROCESSORS[rule](raw) == answer
+    assert vqa_normalize(POSTPROCESSORS[rule](raw)) == answer, "the answer survives the scorer's normalization"
+
+
+def test_each_model_defaults_to_its_seeds_rule():
+    assert {n: REGISTRY[n].postprocess for n in ("blip-vqa-base", "llava-1.5-7b", "qwen2.5-vl-7b", "qwen2.5-vl-3b")} == {
+        "blip-vqa-base": "first_word", "llava-1.5-7b": "strip_answer", "qwen2.5-vl-7b": "dedupe_first", "qwen2.5-vl-3b": "dedupe_first"}
+    assert get_adapter("blip-vqa-base", postprocess="last_word").postprocess("a red chair") == "chair"

@@ -13,7 +13,7 @@ RUNTIME_FORBIDDEN = {"nbdev", "fastcore", "execnb"}
 def test_nbdev_export_leaves_the_package_unchanged(tmp_path):
     "abovqa/ is exactly what nbdev_export makes from nbs/: nobody edited the generated files by hand."
     copy = tmp_path / "repo"
-    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "_site", "_docs", "__pycache__", "*.egg-info"))
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv*", ".git", "runs", "dist", "build", "_site", "_docs", "__pycache__", "*.egg-info"))
     subprocess.run([str(BIN / "nbdev_export")], cwd=copy, check=True, capture_output=True)
     for generated in sorted((REPO / "abovqa").glob("*.py")):
         assert (copy / "abovqa" / generated.name).read_text() == generated.read_text(), f"{generated.name} differs from its notebook"
