@@ -1011,14 +1011,28 @@ def _skipped(ds) -> int:
     return len(getattr(ds, "ds", ds).skipped)
 
 
+def _report_to(report_to) -> list[str]:
+    "The Trainer's `report_to` as a list; 'tensorboard' checked up front, so a missing package fails before any training."
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [n for n in names if n != "none"]
+    if "tensorboard" in names:
+        import importlib.util
+        if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+            raise ImportError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard")
+    return names or ["none"]
+
+
 def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: str | None = None, size: str = "tiny",
              max_steps: int | None = None, run: str | None = None, session_hours: float = 12.0, margin_minutes: float = 25.0,
              resume: bool = True, seed: int = 42, budget: TimeBudget | None = None, checkpoint_minutes: float = 30.0,
              save_steps: int | None = None, num_workers: int | None = None, predict_test: bool = True, verbose: bool = True, callbacks=(),
-             processes: int | None = None, allow_change: bool = False, **overrides) -> dict:
+             processes: int | None = None, allow_change: bool = False, report_to: str | list = "none",
+             early_stopping_patience: int | None = None, **overrides) -> dict:
     "Fine-tune `model` with `recipe`/`config` on WORK's train split; resumable; writes adapter, logs, curves, test predictions."
     # processes: DDP processes, one per GPU (None: every visible GPU, 1 on a CPU); more than 1 relaunches this
     # very call through `accelerate launch` and returns rank 0's result (see `launch_finetune`)
+    # report_to: the Trainer's loggers ("tensorboard" works offline: WORK/checkpoints/<run>/runs/); early_stopping_patience:
+    # stop after that many evaluations without a better `metric_for_best_model` (None: never)
     from transformers import TrainingArguments
     from abovqa.infer import images_root, load_questions, predict
     from abovqa.models import POSTPROCESSORS, get_adapter
@@ -1044,6 +1058,8 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     qa_fingerprint = content_hash(sorted(zip(qa["qa_id"], qa["split"])))
     settings = {"recipe": recipe, "config": asdict(cfg), "model": model_name, "size": size, "max_steps": max_steps,
                 "seed": seed, "save_steps": save_steps, "qa": qa_fingerprint}
+    if early_stopping_patience:  # it changes the training, so it is part of the run's identity (absent: old runs resume as before)
+        settings["early_stopping_patience"] = early_stopping_patience
     fingerprint = content_hash(settings)
 
     # --- the run's identity: same settings, or refuse ---------------------------------------
@@ -1077,6 +1093,8 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     if world == 1 and resolve_processes(processes, profile) > 1:  # the notebook's process: start the ranks, then predict
         if callbacks:
             raise ValueError("callbacks are Python objects and cannot reach the launched processes: pass processes=1 to use them")
+        if early_stopping_patience or report_to not in ("none", None, [], ()):
+            raise ValueError("early_stopping_patience and report_to do not reach the launched processes yet: pass processes=1 to use them")
         result = launch_finetune(work, resolve_processes(processes, profile), recipe=recipe, config=config, model=model_name,
                                  size=size, max_steps=max_steps, run=run, seed=seed, budget=budget, resume=resume,
                                  checkpoint_minutes=checkpoint_minutes, save_steps=save_steps, num_workers=num_workers,
@@ -1122,13 +1140,15 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         eval_strategy="steps", eval_steps=save_every, save_strategy="steps", save_steps=save_every,
         save_total_limit=cfg.save_total_limit, load_best_model_at_end=True,
         metric_for_best_model=cfg.metric_for_best_model, greater_is_better=cfg.metric_for_best_model != "loss",
-        logging_steps=cfg.logging_steps, logging_first_step=True, report_to="none", disable_tqdm=not verbose,
+        logging_steps=cfg.logging_steps, logging_first_step=True, report_to=_report_to(report_to), disable_tqdm=not verbose,
         remove_unused_columns=False, label_names=["labels"],
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}  # non-reentrant: DDP-safe
            if cfg.gradient_checkpointing else {}),  # only when on: the name is deprecated in v5
         **optimizer_settings(cfg, profile),
         **precision, **loader_settings(profile, num_workers))
-    session_callbacks = [planner, session, LearningRateOverride(), *callbacks, guard]  # the guard last: it has the final word on saving
+    from transformers import EarlyStoppingCallback
+    stopper = [EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)] if early_stopping_patience else []
+    session_callbacks = [planner, session, LearningRateOverride(), *callbacks, *stopper, guard]  # the guard last: it has the final word on saving
     if rec.trainer == "sft":  # TRL: prompt/completion rows, loss on the completion (the answer) only
         from trl import SFTConfig
         # max_length=None: TRL's default 1024 would cut a 7B model's image tokens; eval is the val loss
@@ -1158,8 +1178,13 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         trainer.remove_callback(PrinterCallback)
     if verbose and resume_from:
         print(f"resuming {run} from {resume_from} (step {resume_step})", flush=True)
+    import torch
+    if torch.cuda.is_available():  # the peak of this run, not of whatever ran before it in the process
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(i)
     with torch_threads(1 if size == "tiny" and not profile.n_gpus else None):
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    peak_gb = max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30 if torch.cuda.is_available() else None
     if planner.plan is None:
         planner.make_plan(trainer.state)
 
@@ -1182,6 +1207,9 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
         "n_outside_vocab": None if outside_vocab is None else len(outside_vocab),
         "outside_vocab_examples": None if outside_vocab is None else outside_vocab.answer.value_counts().head(10).to_dict(),
         "checkpoints": str(ckpt_dir), "adapter_dir": None, "predictions": None, "test_exact_match": None,
+        "peak_gpu_memory_gb": round(peak_gb, 3) if peak_gb is not None else None, "report_to": _report_to(report_to),
+        "early_stopping_patience": early_stopping_patience,
+        "early_stopped": bool(stopper) and trainer.state.global_step < trainer.state.max_steps and not session.stopped_for_budget,
     }
     if guard.tripped:
         good = latest_checkpoint(run, work, roots=[])

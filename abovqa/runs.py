@@ -251,7 +251,7 @@ def demo_plan(work) -> dict:
               ("30_baselines", {"models": models_for("vqa"), "size": "tiny"}),
               ("40_finetune_lora", {"recipe": "blip-lora", "size": "tiny"}),
               ("41_finetune_qlora", {"recipe": "vlm-qlora", "model": "llava-1.5-7b", "size": "tiny"}),
-              ("50_evaluate", {"bertscore_model": "minilm"}),
+              ("50_evaluate", {"bertscore_model": "minilm", "bart_model": "tiny"}),
               ("70_captioning", {"size": "tiny", "bertscore_model": "minilm"})]
     names = [name for name, _ in stages]
     return {"runs": [{"name": name, "notebook": str(notebooks / f"{name}.ipynb"), "parameters": {"work": work, **parameters},

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from abovqa.metrics import BLIND_RUNS
 from conftest import IMAGE_CONSTRAINTS, REPO, _purelib, overlay_env, overlay_venv
 
 DESIGN_FILES = ["curated/listings.parquet", "curated/dropped.parquet", "curated/stats.json", "qa/qa.parquet", "qa/qa.log.jsonl",
@@ -82,7 +83,8 @@ def test_demo_writes_every_stage_output(demo):
         assert (work / rel).is_file() and (work / rel).stat().st_size > 0, rel
     predictions = sorted((work / "predictions").glob("*.parquet"))
     assert predictions, "no predictions"
-    assert sorted(p.name for p in (work / "metrics").glob("*.parquet")) == sorted(p.name for p in predictions)
+    blind = [f"{run}.parquet" for run in BLIND_RUNS]  # scored from the train split's answers, never written as predictions
+    assert sorted(p.name for p in (work / "metrics").glob("*.parquet")) == sorted([p.name for p in predictions] + blind)
     assert any(p.suffix == ".png" for p in (work / "figures").iterdir())
     executed = sorted((work / "notebooks").rglob("*.ipynb"))
     assert len(executed) >= 4, executed

@@ -185,3 +185,25 @@ def test_set_on_resume_needs_allow_change_and_is_recorded(study, tmp_path, capsy
     assert after and max(after) <= 1e-4 * 1.0001, f"the resumed steps ran at the new rate, not the checkpoint's: {after}"
     with pytest.raises(SystemExit, match="cannot change on resume"):
         main(base + ["--max-steps", "40", "--set", *cadence, "learning_rate=1e-4", "r=8", "--allow-change"])
+
+
+def test_early_stopping_learning_rate_peak_memory_and_report_to(study, tmp_path):
+    "With lr 0 the val metric cannot improve: patience 2 stops after the third evaluation; the log has the learning rate."
+    import importlib.util
+    from abovqa.finetune import finetune
+    work = fresh_work(study, tmp_path)
+    result = finetune(work, "blip-lora", max_steps=200, save_steps=5, learning_rate=0.0, early_stopping_patience=2, run="es",
+                      predict_test=False, verbose=False, num_workers=0)
+    assert result["status"] == "complete" and result["global_step"] == 15 and result["early_stopped"] is True
+    assert result["peak_gpu_memory_gb"] is None and result["report_to"] == ["none"]  # a CPU run: no GPU memory to report
+    logs = json.loads((Path(result["adapter_dir"]) / "log_history.json").read_text())
+    assert [row["learning_rate"] for row in logs if "learning_rate" in row] and all(row.get("learning_rate", 0) == 0 for row in logs)
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        tb = finetune(work, "blip-lora", max_steps=4, save_steps=2, run="tb", report_to="tensorboard", predict_test=False,
+                      verbose=False, num_workers=0)
+        assert list((work / "checkpoints" / "tb" / "runs").rglob("events.out.tfevents.*")), "TensorBoard wrote its event file"
+        assert tb["report_to"] == ["tensorboard"]
+    else:
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            finetune(work, "blip-lora", max_steps=4, save_steps=2, run="tb", report_to="tensorboard", predict_test=False,
+                     verbose=False, num_workers=0)

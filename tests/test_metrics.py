@@ -269,7 +269,8 @@ assert "meteor" not in summary.columns and "wups_09" not in summary.columns and 
     assert out.returncode == 0, out.stderr[-2000:]
     assert "skipped meteor: WordNet not found" in out.stdout
     skipped = __import__("json").loads((study / "metrics" / "skipped.json").read_text())
-    assert set(skipped) == {"meteor", "wups_00", "wups_09"} and "apt-get install" in skipped["wups_09"]
+    assert {"meteor", "wups_00", "wups_09"} <= set(skipped) and "apt-get install" in skipped["wups_09"]
+    assert "bart_score" in skipped and "blind baselines" in skipped  # not requested; no train split: each with its reason
 
 
 def test_bart_score_matches_the_model_loss_and_scores_each_pair_once():
@@ -343,3 +344,48 @@ def test_compare_runs_product_types_fractions_and_answer_forms(study):
     assert forms.loc["good", "single_word"] == pytest.approx(1.0)
     assert [answer_form(t) for t in ["", "Red.", "dark red", "Yes, it appears to be red."]] == ["empty", "single_word", "phrase", "sentence"]
     assert is_hedged("probably green") and is_hedged("It seems red") and not is_hedged("green")
+
+
+def test_blind_baselines_learn_from_the_train_split_only(tmp_path):
+    "Test questions whose own answer would out-vote train's if it leaked into the priors; a run that answered only some of them."
+    train = [("What color is the sofa?", "blue", "color", "easy")] * 20 + [("What color is the sofa?", "red", "color", "easy")] * 10 \
+        + [("Is it red?", "yes", "yesno", "easy")] * 6 + [("What color is the lamp?", "white", "color", "hard")] * 3
+    test = [("What color is the sofa?", "red", "color", "easy")] * 30 + [("What color is the LAMP", "white", "color", "hard")] * 10 \
+        + [("How many legs?", "4", "count", "medium")] * 4
+    qa = pd.DataFrame(train + test, columns=["question", "answer", "qtype", "difficulty"])
+    qa["split"] = ["train"] * len(train) + ["test"] * len(test)
+    qa["qa_id"] = [f"q{i:03d}" for i in range(len(qa))]
+    atomic_write_parquet(qa, tmp_path / "qa" / "qa.parquet")
+    asked = qa[qa["split"] == "test"].iloc[4:]  # the run skipped 4 sofa questions: the blind runs answer what the runs answered
+    atomic_write_parquet(pd.DataFrame({"qa_id": asked["qa_id"], "run": "m", "model": "m", "prompt_version": "v1", "raw": "red", "answer": "red",
+                                       "ok": True, "error": None, "batch_size": 1, "seconds": 0.0}), tmp_path / "predictions" / "m.parquet")
+    summary = evaluate(tmp_path, semantic=False, bertscore_model=None, wordnet=False, n_boot=50, verbose=False).set_index("run")
+    assert summary.loc["blind-question-prior", "kind"] == summary.loc["blind-qtype-majority", "kind"] == "blind"
+    assert (summary["n"] == len(asked)).all()
+    prior = pd.read_parquet(tmp_path / "metrics" / "blind-question-prior.parquet").set_index("qa_id")
+    majority = pd.read_parquet(tmp_path / "metrics" / "blind-qtype-majority.parquet").set_index("qa_id")
+    sofa, lamp, legs = (asked[asked["question"].str.contains(w)]["qa_id"] for w in ("sofa", "LAMP", "legs"))
+    assert (prior.loc[sofa, "prediction"] == "blue").all() and (majority.loc[sofa, "prediction"] == "blue").all()  # never test's "red"
+    assert (prior.loc[lamp, "prediction"] == "white").all() and (majority.loc[lamp, "prediction"] == "blue").all()  # question vs type prior
+    assert (prior.loc[legs, "prediction"] == "blue").all()  # no count question in train: the overall majority
+    assert summary.loc["blind-question-prior", "exact_match"] == pytest.approx(10 / 40)
+    assert summary.loc["blind-qtype-majority", "exact_match"] == 0.0 and summary.loc["m", "exact_match"] == pytest.approx(26 / 40)
+    by_difficulty = pd.read_csv(tmp_path / "metrics" / "by_difficulty.csv").set_index(["run", "difficulty"])
+    assert by_difficulty.loc[("m", "easy"), "n"] == 26 and by_difficulty.loc[("m", "easy"), "exact_match"] == 1.0
+    assert by_difficulty.loc[("m", "hard"), "exact_match"] == 0.0 and by_difficulty.loc[("blind-question-prior", "hard"), "exact_match"] == 1.0
+    assert by_difficulty.loc[("m", "medium"), "n"] == 4 and by_difficulty.loc[("m", "medium"), "exact_match"] == 0.0
+    info = __import__("json").loads((tmp_path / "metrics" / "evaluation.json").read_text())
+    assert info["n_questions"] == 40 and info["splits"] == {"test": 40} and len(info["config_hash"]) == 12
+
+
+def test_pearson_and_spearman_differ_on_a_monotone_curve():
+    from scipy import stats
+    from abovqa.metrics import metric_correlation
+    x = np.linspace(0, 1, 50)
+    scored = pd.DataFrame({"token_f1": x, "bart_score": np.log(x + 1e-3), "exact_match": (x > 0.5).astype(float), "meteor": 0.5})
+    pearson, spearman = metric_correlation(scored, method="pearson"), metric_correlation(scored, method="spearman")
+    assert spearman.loc["token_f1", "bart_score"] == pytest.approx(1.0)   # same ranking...
+    r = pearson.loc["token_f1", "bart_score"]
+    assert r == pytest.approx(stats.pearsonr(x, np.log(x + 1e-3))[0]) and r < 0.85  # ...far from linear
+    assert pearson.loc["exact_match", "token_f1"] == pytest.approx(np.corrcoef(x, (x > 0.5))[0, 1])
+    assert pearson["meteor"].isna().all() and spearman["meteor"].isna().all()  # a constant metric gets no number
