@@ -475,7 +475,7 @@ def internet_reasons(step: str, params: dict, weights: dict) -> list[str]:
                 reasons.append(f"{model} at full size downloads its weights from the hub (attach them offline with --weights {model}=...)")
     for key in ("bertscore_model", "bart_model"):
         value = params.get(key)
-        if value and value not in ("minilm", "tiny") and not str(value).startswith("/"):
+        if value and value not in ("minilm", "tiny", "auto", "none") and not str(value).startswith("/"):  # auto: MiniLM offline
             reasons.append(f"{key}={value} downloads from the hub")
     return reasons
 
