@@ -1034,7 +1034,7 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
     # report_to: the Trainer's loggers ("tensorboard" works offline: WORK/checkpoints/<run>/runs/); early_stopping_patience:
     # stop after that many evaluations without a better `metric_for_best_model` (None: never)
     from transformers import TrainingArguments
-    from abovqa.infer import images_root, load_questions, predict
+    from abovqa.infer import load_questions, predict
     from abovqa.models import POSTPROCESSORS, get_adapter
 
     started = time.time()

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .core import atomic_write_parquet, atomic_write_text, content_hash
 from .metrics import vqa_normalize
-from .qagen import images_root_of, parts_count, verify_answer
+from .qagen import images_root_of, verify_answer
 
 
 # %% auto #0

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .core import atomic_write_text
-from .metrics import (ANSWER_FORMS, BLIND_RUNS, CAPTION_SUMMARY_METRICS, DIFFICULTIES, bootstrap_ci, compare_runs,
+from .metrics import (ANSWER_FORMS, CAPTION_SUMMARY_METRICS, DIFFICULTIES, bootstrap_ci, compare_runs,
                             comparison_table, format_summary, metric_correlation)
 
 # %% auto #0
