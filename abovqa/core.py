@@ -66,19 +66,6 @@ def cache_dir() -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #59bc0657
-# stage -> (the file or glob that proves it is done, the pipeline step that makes it, what it holds)
-STAGES = {
-    "curated": ("curated/listings.parquet", "10_curate", "curated listings"),
-    "qa": ("qa/qa.parquet", "20_generate_qa", "questions"),
-    "captions": ("captions/captions.parquet", "70_captioning", "reference captions"),
-    "predictions": ("predictions/*.parquet", "30_baselines", "model predictions"),
-    "metrics": ("metrics/summary.csv", "50_evaluate", "scores"),
-}
-# what a stage needs before it (ensure_study brings these too); scores need questions, not the listings
-STAGE_NEEDS = {"curated": (), "qa": ("curated",), "captions": ("curated",), "predictions": ("qa",),
-               "metrics": ("qa", "predictions")}
-
-
 class MissingStageError(FileNotFoundError):
     "A pipeline step's input is missing: the message names the step that makes it and how to attach it."
 
@@ -146,6 +133,33 @@ class Study:
             raise MissingStageError(f"the images curation used ({root}) are not on this machine: attach the same ABO "
                                     "dataset (on Kaggle it mounts at the same /kaggle/input path in every step)")
         return Path(root)
+
+    # the readers of each stage's table: a missing stage is a MissingStageError naming the step that makes it
+    def _read(self, path: Path, stage: str):
+        import pandas as pd  # core stays importable without pandas' import cost until a table is read
+        if not path.exists():
+            raise MissingStageError(missing_stage_message(stage, self.work))
+        return pd.read_parquet(path)
+
+    def read_listings(self): return self._read(self.listings, "curated")
+    def read_qa(self): return self._read(self.qa, "qa")
+    def read_captions(self): return self._read(self.captions, "captions")
+    def read_prediction(self, run: str): return self._read(self.prediction(run), "predictions")
+
+
+# The layout above, relative to a work directory: the stage table below is spelled with it, never by hand.
+_LAYOUT = Study(".")
+# stage -> (the file or glob that proves it is done, the pipeline step that makes it, what it holds)
+STAGES = {
+    "curated": (str(_LAYOUT.listings), "10_curate", "curated listings"),
+    "qa": (str(_LAYOUT.qa), "20_generate_qa", "questions"),
+    "captions": (str(_LAYOUT.captions), "70_captioning", "reference captions"),
+    "predictions": (str(_LAYOUT.prediction("*")), "30_baselines", "model predictions"),
+    "metrics": (str(_LAYOUT.summary), "50_evaluate", "scores"),
+}
+# what a stage needs before it (ensure_study brings these too); scores need questions, not the listings
+STAGE_NEEDS = {"curated": (), "qa": ("curated",), "captions": ("curated",), "predictions": ("qa",),
+               "metrics": ("qa", "predictions")}
 
 
 def _stage_done(root: Path, stage: str) -> bool:
@@ -232,8 +246,9 @@ def find_abo_root(abo_root=None, roots=None) -> Path:
 
 # %% ../nbs/00_core.ipynb #8558dbe6
 def seed_everything(seed: int = 42) -> int:
-    "Seed python, numpy and torch (CPU and CUDA) and PYTHONHASHSEED; returns the seed."
-    os.environ["PYTHONHASHSEED"] = str(seed)
+    "Seed python, numpy and torch (CPU and CUDA); returns the seed."
+    # str hashing is not seeded: it is fixed when the interpreter starts, and the kit never depends on hash order
+    # (every id is a content_hash)
     random.seed(seed)
     np.random.seed(seed)
     try:
