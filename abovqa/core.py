@@ -95,6 +95,8 @@ class Study:
     @property
     def qa_log(self) -> Path: return self.qa_dir / "qa.log.jsonl"
     @property
+    def review(self) -> Path: return self.qa_dir / "review.parquet"
+    @property
     def captions_dir(self) -> Path: return self.work / "captions"
     @property
     def captions(self) -> Path: return self.captions_dir / "captions.parquet"

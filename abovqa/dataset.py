@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from .core import atomic_write, atomic_write_json, atomic_write_parquet, atomic_write_text
+from .core import Study, atomic_write, atomic_write_json, atomic_write_parquet, atomic_write_text
 from .quality import quality_section
 
 # %% auto #0
@@ -21,11 +20,6 @@ __all__ = ['LETTERS', 'FORMATS', 'read_image_bytes', 'to_vlmevalkit', 'to_hf_dat
            'export_dataset']
 
 # %% ../nbs/04a_dataset.ipynb #bef6b9a9
-def _images_root(work) -> Path:
-    stats = json.loads((Path(work) / "curated" / "stats.json").read_text())
-    return Path(stats["images_root"])
-
-
 def read_image_bytes(qa: pd.DataFrame, images_root) -> tuple[dict, dict]:
     "({image_path: bytes} for every readable image, {image_path: reason} for the rest); each file read once and verified by PIL."
     from PIL import Image
@@ -155,12 +149,12 @@ def export_dataset(work, out=None, formats=FORMATS, push_to_hub: str | None = No
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown export formats {sorted(unknown)}; choose from {FORMATS}")
-    qa = pd.read_parquet(work / "qa" / "qa.parquet")
-    images, skipped = read_image_bytes(qa, _images_root(work))
+    study = Study(work)
+    qa = study.read_qa()
+    images, skipped = read_image_bytes(qa, study.images_root())
     kept = qa[qa["image_path"].isin(images)]
     written = {"figure": plot_answer_distribution(kept, out / "answer_distribution.png")[0]}
-    listings_path = work / "curated" / "listings.parquet"
-    listings = pd.read_parquet(listings_path) if listings_path.exists() else None
+    listings = study.read_listings() if study.listings.exists() else None
     card = dataset_card(kept, listings, figure="answer_distribution.png", quality=quality_section(work))  # checks + reviewed error rate
     written["card"] = atomic_write_text(out / "README.md", card)
     if "parquet" in formats:

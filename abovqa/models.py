@@ -188,8 +188,12 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    "Add (or replace) a model in the registry."
+def register(spec: ModelSpec, replace: bool = False) -> ModelSpec:
+    "Add a model to the registry; another model under a name already taken is an error unless `replace=True`."
+    known = REGISTRY.get(spec.name)
+    if known is not None and known != spec and not replace:  # the same spec again (a re-run cell) is harmless
+        raise ValueError(f"a model named {spec.name!r} is already registered ({known.hub_id}): "
+                         "pick another name, or pass replace=True")
     REGISTRY[spec.name] = spec
     return spec
 

@@ -5,18 +5,16 @@
 # %% ../nbs/04_quality.ipynb #63788311
 from __future__ import annotations
 
-import base64
 import html
-import io
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from .core import atomic_write_parquet, atomic_write_text, content_hash
+from .core import MissingStageError, Study, atomic_write_parquet, atomic_write_text, content_hash
+from .images import thumbnail_data_uri
 from .metrics import vqa_normalize
-from .qagen import images_root_of, verify_answer
+from .qagen import verify_answer
 
 
 # %% auto #0
@@ -50,11 +48,9 @@ VERDICTS = {"correct": "correct", "right": "correct", "ok": "correct", "yes": "c
 
 def _read_stage(work) -> tuple[pd.DataFrame, pd.DataFrame]:
     "qa.parquet and rejected.parquet of WORK, with a clear error when questions were not generated."
-    qa_dir = Path(work) / "qa"
-    if not (qa_dir / "qa.parquet").exists():
-        raise FileNotFoundError(f"{qa_dir / 'qa.parquet'} not found: generate questions first (abovqa qagen --work {work})")
-    qa = pd.read_parquet(qa_dir / "qa.parquet")
-    rejected = pd.read_parquet(qa_dir / "rejected.parquet") if (qa_dir / "rejected.parquet").exists() else pd.DataFrame()
+    study = Study(work)
+    qa = study.read_qa()  # MissingStageError naming the step that makes the questions
+    rejected = pd.read_parquet(study.rejected) if study.rejected.exists() else pd.DataFrame()
     if "verified" not in qa:  # compiled before answers were checked: say so rather than report 0%
         qa = qa.assign(verified="unchecked")
     for column in ("reason", "verified", "qtype", "source"):
@@ -65,14 +61,14 @@ def _read_stage(work) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def read_review(work) -> pd.DataFrame:
     "The recorded verdicts of WORK/qa/review.parquet on questions still in qa.parquet (empty when none)."
-    path = Path(work) / "qa" / "review.parquet"
+    study = Study(work)
+    path = study.review
     columns = ["qa_id", "verdict", "qtype", "source", "verified", "sheet", "note"]
     if not path.exists():
         return pd.DataFrame(columns=columns)
     review = pd.read_parquet(path)
-    qa_path = Path(work) / "qa" / "qa.parquet"
-    if qa_path.exists():  # a regenerated qa.parquet may have dropped reviewed questions: they no longer count
-        review = review[review["qa_id"].isin(pd.read_parquet(qa_path, columns=["qa_id"])["qa_id"])]
+    if study.qa.exists():  # regenerated questions may have dropped reviewed ones: they no longer count
+        review = review[review["qa_id"].isin(pd.read_parquet(study.qa, columns=["qa_id"])["qa_id"])]
     return review.reset_index(drop=True)
 
 
@@ -154,22 +150,6 @@ def _metadata_lines(listing: dict | None, row) -> str:
     return "\n".join(lines)
 
 
-def _thumbnail(path: Path, max_side: int = 256) -> tuple[str | None, str | None]:
-    "(data URI of the image as a JPEG of at most max_side px, None) or (None, why it cannot be shown)."
-    from PIL import Image
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((max_side, max_side))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=85)
-    except FileNotFoundError:
-        return None, "missing file"
-    except Exception as e:  # PIL raises many types for a bad file; the row stays, without a picture
-        return None, f"unreadable: {type(e).__name__}"
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), None
-
-
 # %% ../nbs/04_quality.ipynb #5f5bb548
 _STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1a202c}table{border-collapse:collapse;width:100%}
 td,th{border-bottom:1px solid #e2e8f0;padding:.5em;vertical-align:top;text-align:left}th{background:#f7fafc;position:sticky;top:0}
@@ -220,7 +200,7 @@ def write_review_sheet(work, n: int = 200, seed: int = 0, out=None) -> tuple[Pat
     work = Path(work)
     qa, _ = _read_stage(work)
     if qa.empty:
-        raise ValueError(f"{work / 'qa' / 'qa.parquet'} holds no questions: nothing to review")
+        raise ValueError(f"{Study(work).qa} holds no questions: nothing to review")
     out = Path(out) if out else work / "qa"
     listings_path = work / "curated" / "listings.parquet"
     listings = pd.read_parquet(listings_path) if listings_path.exists() else pd.DataFrame(columns=["image_id", "item_id"])
@@ -230,8 +210,11 @@ def write_review_sheet(work, n: int = 200, seed: int = 0, out=None) -> tuple[Pat
     sheet["metadata"] = [_metadata_lines(listing_of.get((str(r["image_id"]), str(r["item_id"]))), r) for _, r in sheet.iterrows()]
     sheet["verdict"], sheet["note"] = "", ""
     sheet = sheet[SHEET_COLUMNS]
-    root = images_root_of(work)
-    images = {rel: _thumbnail(root / rel) if root else (None, "no images root in curated/stats.json") for rel in set(sheet["image_path"])}
+    try:
+        root, why = Study(work).images_root(), None
+    except MissingStageError as e:  # the sheet is still worth having: rows say why their picture is missing
+        root, why = None, str(e)
+    images = {rel: thumbnail_data_uri(root / rel) if root else (None, why) for rel in set(sheet["image_path"])}
     html_path = atomic_write_text(out / "review_sheet.html", review_html(sheet, images))
     csv_path = out / "review_sheet.csv"
     atomic_write_text(csv_path, sheet.to_csv(index=False))
@@ -259,10 +242,10 @@ def import_review(work, sheet) -> dict:
     known = filled["qa_id"].isin(qa["qa_id"])
     skipped = filled.loc[~known, ["qa_id"]].assign(reason="qa_id not in qa.parquet (questions regenerated since the sheet was written?)")
     if len(filled) and not known.any():
-        raise ValueError(f"{sheet}: none of its {len(filled)} qa_ids are in {work / 'qa' / 'qa.parquet'}: a sheet of another study?")
+        raise ValueError(f"{sheet}: none of its {len(filled)} qa_ids are in {Study(work).qa}: a sheet of another study?")
     new = filled[known][["qa_id", "verdict", "note"]].merge(qa[["qa_id", "qtype", "source", "verified"]], on="qa_id")
     new["sheet"] = Path(sheet).name
-    path = work / "qa" / "review.parquet"
+    path = Study(work).review
     old = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=new.columns)
     review = pd.concat([old[~old["qa_id"].isin(new["qa_id"])], new], ignore_index=True).sort_values("qa_id", kind="stable")
     atomic_write_parquet(review[["qa_id", "verdict", "qtype", "source", "verified", "sheet", "note"]].reset_index(drop=True), path)
