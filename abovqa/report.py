@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .core import atomic_write_text
+from .curate import OOD_SPLIT
 from .metrics import (ANSWER_FORMS, CAPTION_SUMMARY_METRICS, DIFFICULTIES, bootstrap_ci, compare_runs,
                             comparison_table, format_summary, metric_correlation)
 
@@ -27,7 +28,7 @@ __all__ = ['METRIC_LABELS', 'UNBOUNDED_METRICS', 'HEADLINE_METRICS', 'KIND_ORDER
            'plot_metric_distributions', 'plot_qtype_metrics', 'length_bin', 'f1_by_length', 'plot_f1_vs_length',
            'plot_answer_forms', 'images_root', 'error_examples', 'plot_error_gallery', 'load_training_logs',
            'plot_training_curves', 'paired_comparisons', 'plot_paired_differences', 'side_by_side',
-           'plot_caption_gallery', 'print_summary', 'comparison_pairs', 'evaluation_info', 'leaderboard',
+           'plot_caption_gallery', 'print_summary', 'comparison_pairs', 'evaluation_info', 'ood_scores', 'leaderboard',
            'leaderboard_html', 'write_report']
 
 # %% ../nbs/09_report.ipynb #2de0f14a
@@ -740,9 +741,24 @@ def _p(p) -> str:
     return "–" if p is None or pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
 
 
+def ood_scores(work, metric: str = "exact_match", n_boot: int = 1000) -> pd.DataFrame:
+    """Per run: `metric` on the out-of-distribution split alone (product types curation held out, `holdout_types`), with its 95%
+    interval and n; an empty frame when no run answered a question of that split."""
+    rows = read_scored(work)
+    columns = ["run", "n_ood", f"{metric}_ood", f"{metric}_ood_lo", f"{metric}_ood_hi"]
+    if rows.empty or "split" not in rows.columns or metric not in rows.columns or not (rows["split"] == OOD_SPLIT).any():
+        return pd.DataFrame(columns=columns)
+    out = []
+    for run, group in rows[rows["split"] == OOD_SPLIT].groupby("run", sort=True):
+        values = group[metric].to_numpy(dtype=float)
+        out.append([run, len(values), float(values.mean()), *bootstrap_ci(values, n_boot=n_boot)])
+    return pd.DataFrame(out, columns=columns)
+
+
 def leaderboard(work, results: list[dict] | None = None, metrics=HEADLINE_METRICS, n_boot: int = 1000) -> pd.DataFrame:
     """One row per run in leaderboard order: kind, n, each headline metric's mean and 95% interval, and the paired exact-match
-    gain of a fine-tune over its base and of every model run over the best blind baseline (delta, interval, McNemar p)."""
+    gain of a fine-tune over its base and of every model run over the best blind baseline (delta, interval, McNemar p); with an
+    out-of-distribution split in the study, exact match on that split alone (`exact_match_ood`, interval, `n_ood`)."""
     summary, _ = _read_metrics(work)
     results = paired_comparisons(work, n_boot=n_boot) if results is None else results
     metrics = [m for m in metrics if m in summary.columns and summary[m].notna().any()]
@@ -759,7 +775,9 @@ def leaderboard(work, results: list[dict] | None = None, metrics=HEADLINE_METRIC
                 row.update({f"{prefix}_vs": hit["run_a"], prefix: d["delta"], f"{prefix}_lo": d["delta_lo"], f"{prefix}_hi": d["delta_hi"],
                             f"{prefix}_p": (hit.get("mcnemar") or {}).get("p_mcnemar", d["p_bootstrap"])})
         rows.append(row)
-    return pd.DataFrame(rows)
+    board = pd.DataFrame(rows)
+    ood = ood_scores(work, n_boot=n_boot)
+    return board.merge(ood, on="run", how="left") if len(ood) else board
 
 
 def leaderboard_html(work, board: pd.DataFrame) -> str:
@@ -767,19 +785,25 @@ def leaderboard_html(work, board: pd.DataFrame) -> str:
     summary, _ = _read_metrics(work)
     colors, info = run_colors(summary), evaluation_info(work)
     metrics = [m for m in HEADLINE_METRICS if m in board.columns]
+    ood = ["exact_match_ood"] if "exact_match_ood" in board.columns else []
     extra = [c for c in ("gain", "over_blind") if c in board.columns]
     heads = {"gain": "gain over base<br><small>exact match</small>", "over_blind": "over blind prior<br><small>exact match</small>"}
-    cells = ["<th>run</th><th>n</th>"] + [f"<th>{html.escape(METRIC_LABELS[m])}</th>" for m in metrics] + [f"<th>{heads[c]}</th>" for c in extra]
+    cells = (["<th>run</th><th>n</th>"] + [f"<th>{html.escape(METRIC_LABELS[m])}</th>" for m in metrics]
+             + [f"<th title='{OOD_SPLIT}: product types held out of train, val and test'>exact match (ood)</th>" for _ in ood]
+             + [f"<th>{heads[c]}</th>" for c in extra])
     out = ["<div class='scroll'><table class='board' id='leaderboard'><thead><tr>" + "".join(cells) + "</tr></thead><tbody>"]
     titles = {"fine-tuned": "Fine-tuned", "pretrained": "Pretrained (zero-shot)", "blind": "Blind baselines (train-split answer priors, no image)"}
     for kind, group in board.groupby("kind", sort=False):
-        out.append(f"<tr class='group'><th colspan='{2 + len(metrics) + len(extra)}'>{titles.get(kind, html.escape(str(kind)))}</th></tr>")
+        out.append(f"<tr class='group'><th colspan='{2 + len(metrics) + len(ood) + len(extra)}'>{titles.get(kind, html.escape(str(kind)))}</th></tr>")
         for r in group.itertuples(index=False):
             r = r._asdict()
             tds = [f"<td class='run'><span class='sw' style='background:{colors.get(r['run'], '#999')}'></span>{html.escape(r['run'])}</td>",
                    f"<td>{r['n']:,}</td>"]
             for m in metrics:
                 tds.append(f"<td><b>{_fmt(r[m])}</b><br><small>[{_fmt(r[f'{m}_lo'], 2)}, {_fmt(r[f'{m}_hi'], 2)}]</small></td>")
+            for m in ood:
+                n_ood = f"n={int(r['n_ood']):,} " if pd.notna(r.get("n_ood")) else ""
+                tds.append(f"<td><b>{_fmt(r[m])}</b><br><small>{n_ood}[{_fmt(r[f'{m}_lo'], 2)}, {_fmt(r[f'{m}_hi'], 2)}]</small></td>")
             for c in extra:
                 if pd.notna(r.get(c)):
                     tds.append(f"<td title='vs {html.escape(str(r[c + '_vs']))}'><b>{r[c]:+.3f}</b><br><small>[{r[c + '_lo']:+.2f}, {r[c + '_hi']:+.2f}] "
@@ -792,6 +816,8 @@ def leaderboard_html(work, board: pd.DataFrame) -> str:
     out.append(f"</tbody><caption>Mean over n = {n_q if n_q is not None else board['n'].max():,} scored questions ({splits or 'splits not recorded'}) "
                "with 95% bootstrap intervals; a failed prediction counts as wrong. Gains are paired differences on the same questions "
                "(95% paired-bootstrap interval, McNemar p on exact match); “over blind prior” is the margin over the best blind baseline. "
+               + (f"“exact match (ood)”: the {OOD_SPLIT} questions alone (product types held out of training); the other columns "
+                  "pool every scored split. " if ood else "") +
                f"Config hash <code>{html.escape(str(config))}</code> (<code>metrics/evaluation.json</code>: questions, run fingerprints, "
                "metric settings).</caption></table></div>")
     return "\n".join(out)
