@@ -29,7 +29,7 @@ __all__ = ['BANNER_ASPECT', 'MAX_LISTINGS_PER_IMAGE', 'SPLITS', 'OOD_SPLIT', 'HO
            'CurateContext', 'step_has_item_id', 'step_has_main_image', 'step_image_in_csv', 'step_not_problem_id',
            'step_not_generic_image', 'step_english', 'step_ascii', 'step_min_english_attributes', 'step_has_keywords',
            'step_not_banner', 'step_one_per_item', 'step_one_per_image', 'step_image_ok', 'step_cap_per_type',
-           'step_diversity_sample', 'step_shuffle_limit', 'Preset', 'get_preset', 'metadata_text', 'curate',
+           'step_shuffle_limit', 'step_diversity_sample', 'Preset', 'get_preset', 'metadata_text', 'curate',
            'load_curated']
 
 # %% ../nbs/03_curate.ipynb #31a383be
@@ -238,7 +238,27 @@ def hold_out(splits, group_ids, product_types, types) -> np.ndarray:
     moved = groups.isin(set(groups[hit])).to_numpy() & grouped
     return np.where(moved, OOD_SPLIT, np.asarray(splits, dtype=object))
 
-# %% ../nbs/03_curate.ipynb #5d48137f
+# %% ../nbs/03_curate.ipynb #ac94416c
+def _table(listings: pd.DataFrame, images: pd.DataFrame, groups, seed: int, splits: dict, holdout=()) -> pd.DataFrame:
+    "The listings with their main image's csv row, group and split (groups with a listing of a `holdout` type in OOD_SPLIT)."
+    images = images.drop_duplicates("image_id")
+    # hashed by Arrow: no Python string per id
+    pos = pc.fill_null(pc.index_in(_arrow(listings.main_image_id).cast(pa.large_string()),
+                                   value_set=_arrow(images.image_id).cast(pa.large_string())), -1).to_numpy(zero_copy_only=False)
+    found = pos >= 0
+    t = listings.rename(columns={"main_image_id": "image_id"})
+    for col, src in (("image_path", "path"), ("height", "height"), ("width", "width")):
+        values = images[src].to_numpy(dtype=object)[np.maximum(pos, 0)]
+        t[col] = pd.Series(np.where(found, values, None), index=t.index).astype("str" if col == "image_path" else "Int64")
+    t["group_id"] = pd.Series(groups, index=t.index, dtype="str")
+    split = assign_splits(np.where(pd.isna(groups), "", groups).astype(object), seed, splits)
+    split = np.where(pd.isna(groups), None, split)
+    if len(holdout):
+        split = hold_out(split, groups, listings.product_type, holdout)
+    t["split"] = pd.Series(split, index=t.index, dtype="str")
+    return t
+
+# %% ../nbs/03_curate.ipynb #fa6ad0ea
 PROBLEM_IMAGE_IDS = frozenset({"518Dk4F0zZL", "719hoe+0vIL", "71Qbh8wmhnL"})  # seed 000's list
 
 
@@ -277,6 +297,7 @@ def _priority(t: pd.DataFrame, ctx: CurateContext) -> pd.DataFrame:
     return pd.DataFrame({"lang": lang, "rich": -t.n_english_attributes.to_numpy(), "key": _key(t, ctx)}, index=t.index)
 
 
+# %% ../nbs/03_curate.ipynb #3ad5e38e
 def step_has_item_id(t, ctx): return t.item_id.notna().to_numpy()
 def step_has_main_image(t, ctx): return t.image_id.notna().to_numpy()
 def step_image_in_csv(t, ctx): return t.image_path.notna().to_numpy()
@@ -284,6 +305,7 @@ def step_not_problem_id(t, ctx): return ~t.image_id.isin(PROBLEM_IMAGE_IDS).to_n
 def step_not_generic_image(t, ctx): return ~t.image_id.isin(ctx.generic_images).to_numpy()
 
 
+# %% ../nbs/03_curate.ipynb #84b0f041
 def _is_list(col: pd.Series) -> bool:
     return col.dtype == object or (isinstance(col.dtype, pd.ArrowDtype) and pa.types.is_list(col.dtype.pyarrow_dtype))
 
@@ -335,6 +357,7 @@ def step_min_english_attributes(t, ctx, n=5): return (t.n_english_attributes >= 
 def step_has_keywords(t, ctx): return _list_lengths(t.keywords) > 0
 
 
+# %% ../nbs/03_curate.ipynb #50672677
 def step_not_banner(t, ctx, aspect=BANNER_ASPECT):
     "images.csv's original size is no more elongated than `aspect`:1 (free: no file is opened)."
     h, w = t.height.astype("float").to_numpy(), t.width.astype("float").to_numpy()
@@ -343,6 +366,7 @@ def step_not_banner(t, ctx, aspect=BANNER_ASPECT):
     return ~(ratio > aspect)  # unknown sizes pass; the image check looks at the file
 
 
+# %% ../nbs/03_curate.ipynb #1ea041de
 def step_one_per_item(t, ctx):
     "One listing per item id across marketplaces: the preferred language and richest metadata wins."
     p = _priority(t, ctx)
@@ -357,6 +381,7 @@ def step_one_per_image(t, ctx, shuffle=True):
     return _first_per(p.assign(image_id=t.image_id), "image_id", ["lang", "rich", "key"], [True, True, True])
 
 
+# %% ../nbs/03_curate.ipynb #079b52b7
 def step_image_ok(t, ctx):
     "Open every image (exists, not empty, decodes, not a banner, RGB-convertible); skipped when ctx.image_check is False."
     if not ctx.image_check:
@@ -369,6 +394,7 @@ def step_image_ok(t, ctx):
     return reasons == "", reasons
 
 
+# %% ../nbs/03_curate.ipynb #66ab48d7
 def _auto_cap(n_pool: int) -> int:
     "The balanced preset's default cap: 2% of the pool, at least 25."
     return max(25, math.ceil(0.02 * n_pool))
@@ -382,6 +408,12 @@ def step_cap_per_type(t, ctx, cap=5000, prefer_rich=False):
     ranked = t[["product_type"]].assign(**order).sort_values(list(order.columns), kind="stable")
     rank = ranked.groupby("product_type", sort=False, dropna=False).cumcount()
     return (rank.reindex(t.index) < cap).to_numpy()
+
+
+def step_shuffle_limit(t, ctx):
+    "Seed 001: no cap unless max_per_type is given (then at most that many per type, by the seed's shuffle)."
+    return step_cap_per_type(t, ctx, cap=10**12) if ctx.max_per_type else np.ones(len(t), dtype=bool)
+
 
 # %% ../nbs/03_curate.ipynb #351b6d39
 def _largest_remainder(weights: np.ndarray, total: int, limits: np.ndarray) -> np.ndarray:
@@ -474,11 +506,6 @@ def step_diversity_sample(t, ctx, target=12000, n_strata=1000, fractions=(0.6, 0
                                      "stage3_rare_types": int(stage3.sum()), "backfill": int(backfill.sum()),
                                      "type_cap": int(type_cap), "brand_cap": int(brand_cap)}
     return chosen
-
-
-def step_shuffle_limit(t, ctx):
-    "Seed 001: no cap unless max_per_type is given (then at most that many per type, by the seed's shuffle)."
-    return step_cap_per_type(t, ctx, cap=10**12) if ctx.max_per_type else np.ones(len(t), dtype=bool)
 
 # %% ../nbs/03_curate.ipynb #cd25c3f6
 STEPS: dict[str, Callable] = {
@@ -590,26 +617,6 @@ def _metadata_texts(t: pd.DataFrame) -> list[str]:
     return ["\n".join(filter(None, row)) for row in zip(*columns)]
 
 # %% ../nbs/03_curate.ipynb #a7c9e2f5
-def _table(listings: pd.DataFrame, images: pd.DataFrame, groups, seed: int, splits: dict, holdout=()) -> pd.DataFrame:
-    "The listings with their main image's csv row, group and split (groups with a listing of a `holdout` type in OOD_SPLIT)."
-    images = images.drop_duplicates("image_id")
-    # hashed by Arrow: no Python string per id
-    pos = pc.fill_null(pc.index_in(_arrow(listings.main_image_id).cast(pa.large_string()),
-                                   value_set=_arrow(images.image_id).cast(pa.large_string())), -1).to_numpy(zero_copy_only=False)
-    found = pos >= 0
-    t = listings.rename(columns={"main_image_id": "image_id"})
-    for col, src in (("image_path", "path"), ("height", "height"), ("width", "width")):
-        values = images[src].to_numpy(dtype=object)[np.maximum(pos, 0)]
-        t[col] = pd.Series(np.where(found, values, None), index=t.index).astype("str" if col == "image_path" else "Int64")
-    t["group_id"] = pd.Series(groups, index=t.index, dtype="str")
-    split = assign_splits(np.where(pd.isna(groups), "", groups).astype(object), seed, splits)
-    split = np.where(pd.isna(groups), None, split)
-    if len(holdout):
-        split = hold_out(split, groups, listings.product_type, holdout)
-    t["split"] = pd.Series(split, index=t.index, dtype="str")
-    return t
-
-
 def _figure(before: pd.Series, after: pd.Series, path: Path, top: int = 30) -> list[Path]:
     "Horizontal bars: the `top` product types of the pool before sampling and what was kept."
     from matplotlib.figure import Figure
