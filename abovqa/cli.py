@@ -40,7 +40,8 @@ def _parse_splits(text: str | None) -> dict | None:
 
 def _curate(a):
     from abovqa.curate import curate
-    kw = {k: v for k, v in dict(target_size=a.target_size, splits=_parse_splits(a.splits)).items() if v is not None}
+    kw = {k: v for k, v in dict(target_size=a.target_size, splits=_parse_splits(a.splits), holdout_types=a.holdout_types or None).items()
+          if v is not None}
     stats = curate(a.abo_root, a.work, preset=a.preset, max_per_type=a.max_per_type, seed=a.seed, image_check=not a.no_image_check,
                    workers=a.workers, listings_cache=not a.no_cache, **kw)
     steps = stats.get("steps", {})
@@ -251,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--no-image-check", action="store_true", help="metadata-only run: skip opening every image")
     s.add_argument("--target-size", type=int, help="at most this many listings in the curated subset")
+    s.add_argument("--holdout-types", type=int, default=0, metavar="N",
+                   help="hold out N whole product types (chosen from the seed) into a test_ood split")
     s.add_argument("--splits", metavar="NAME=FRAC,...", help="split fractions, e.g. train=0.8,val=0.075,test=0.125 (seed 001's BLIP)")
     s.add_argument("--workers", type=int, help="processes for parsing and image checks (default: every core)")
     s.add_argument("--no-cache", action="store_true", help="parse the listings again instead of reusing the cached parse")

@@ -23,13 +23,14 @@ from .abo import ENGLISH, LISTING_COLUMNS, _rank, _worker_env, _workers, find_ab
 from .core import atomic_write_parquet, atomic_write_text
 
 # %% auto #0
-__all__ = ['BANNER_ASPECT', 'MAX_LISTINGS_PER_IMAGE', 'SPLITS', 'PROBLEM_IMAGE_IDS', 'STEPS', 'PRESETS', 'METADATA_FIELDS',
-           'OUTPUT_COLUMNS', 'EXTRA_COLUMNS', 'DROPPED_COLUMNS', 'check_image', 'check_images', 'stable_fraction',
-           'listing_groups', 'assign_splits', 'CurateContext', 'step_has_item_id', 'step_has_main_image',
-           'step_image_in_csv', 'step_not_problem_id', 'step_not_generic_image', 'step_english', 'step_ascii',
-           'step_min_english_attributes', 'step_has_keywords', 'step_not_banner', 'step_one_per_item',
-           'step_one_per_image', 'step_image_ok', 'step_cap_per_type', 'step_diversity_sample', 'step_shuffle_limit',
-           'Preset', 'get_preset', 'metadata_text', 'curate', 'load_curated']
+__all__ = ['BANNER_ASPECT', 'MAX_LISTINGS_PER_IMAGE', 'SPLITS', 'OOD_SPLIT', 'HOLDOUT_MIN_ITEMS', 'PROBLEM_IMAGE_IDS', 'STEPS',
+           'PRESETS', 'METADATA_FIELDS', 'OUTPUT_COLUMNS', 'EXTRA_COLUMNS', 'DROPPED_COLUMNS', 'check_image',
+           'check_images', 'stable_fraction', 'listing_groups', 'assign_splits', 'pick_holdout_types', 'hold_out',
+           'CurateContext', 'step_has_item_id', 'step_has_main_image', 'step_image_in_csv', 'step_not_problem_id',
+           'step_not_generic_image', 'step_english', 'step_ascii', 'step_min_english_attributes', 'step_has_keywords',
+           'step_not_banner', 'step_one_per_item', 'step_one_per_image', 'step_image_ok', 'step_cap_per_type',
+           'step_shuffle_limit', 'step_diversity_sample', 'Preset', 'get_preset', 'metadata_text', 'curate',
+           'load_curated']
 
 # %% ../nbs/03_curate.ipynb #31a383be
 BANNER_ASPECT = 4.0
@@ -210,7 +211,54 @@ def assign_splits(group_ids, seed: int = 42, splits: dict = SPLITS) -> np.ndarra
     u = stable_fraction(group_ids, seed)
     return np.array(names, dtype=object)[np.minimum(np.searchsorted(edges, u, side="right"), len(names) - 1)]
 
-# %% ../nbs/03_curate.ipynb #5d48137f
+# %% ../nbs/03_curate.ipynb #b5c256b0
+OOD_SPLIT = "test_ood"
+HOLDOUT_MIN_ITEMS = 10
+
+
+def pick_holdout_types(product_types, item_ids, n: int, seed: int = 42, min_items: int = HOLDOUT_MIN_ITEMS) -> list[str]:
+    "The `n` product types to hold out: of the types with at least `min_items` distinct items, the `n` with the smallest hash of (type, seed)."
+    if n <= 0:
+        return []
+    pairs = pd.DataFrame({"type": pd.Series(product_types, dtype=object).to_numpy(),
+                          "item": pd.Series(item_ids, dtype=object).to_numpy()}).dropna().drop_duplicates()
+    counts = pairs.groupby("type").size()
+    eligible = np.array(sorted(map(str, counts[counts >= min_items].index)), dtype=object)
+    if len(eligible) < n:
+        raise ValueError(f"holdout_types={n}, but only {len(eligible)} product types have {min_items} items or more: {list(eligible)}")
+    order = np.argsort(stable_fraction(eligible, seed), kind="stable")
+    return sorted(eligible[order[:n]].tolist())
+
+
+def hold_out(splits, group_ids, product_types, types) -> np.ndarray:
+    "`splits` with every group that holds a listing of one of `types` moved to OOD_SPLIT (a group never straddles splits)."
+    groups = pd.Series(group_ids, dtype=object)
+    grouped = groups.notna().to_numpy()
+    hit = pd.Series(product_types, dtype=object).isin(set(types)).to_numpy() & grouped
+    moved = groups.isin(set(groups[hit])).to_numpy() & grouped
+    return np.where(moved, OOD_SPLIT, np.asarray(splits, dtype=object))
+
+# %% ../nbs/03_curate.ipynb #ac94416c
+def _table(listings: pd.DataFrame, images: pd.DataFrame, groups, seed: int, splits: dict, holdout=()) -> pd.DataFrame:
+    "The listings with their main image's csv row, group and split (groups with a listing of a `holdout` type in OOD_SPLIT)."
+    images = images.drop_duplicates("image_id")
+    # hashed by Arrow: no Python string per id
+    pos = pc.fill_null(pc.index_in(_arrow(listings.main_image_id).cast(pa.large_string()),
+                                   value_set=_arrow(images.image_id).cast(pa.large_string())), -1).to_numpy(zero_copy_only=False)
+    found = pos >= 0
+    t = listings.rename(columns={"main_image_id": "image_id"})
+    for col, src in (("image_path", "path"), ("height", "height"), ("width", "width")):
+        values = images[src].to_numpy(dtype=object)[np.maximum(pos, 0)]
+        t[col] = pd.Series(np.where(found, values, None), index=t.index).astype("str" if col == "image_path" else "Int64")
+    t["group_id"] = pd.Series(groups, index=t.index, dtype="str")
+    split = assign_splits(np.where(pd.isna(groups), "", groups).astype(object), seed, splits)
+    split = np.where(pd.isna(groups), None, split)
+    if len(holdout):
+        split = hold_out(split, groups, listings.product_type, holdout)
+    t["split"] = pd.Series(split, index=t.index, dtype="str")
+    return t
+
+# %% ../nbs/03_curate.ipynb #fa6ad0ea
 PROBLEM_IMAGE_IDS = frozenset({"518Dk4F0zZL", "719hoe+0vIL", "71Qbh8wmhnL"})  # seed 000's list
 
 
@@ -249,6 +297,7 @@ def _priority(t: pd.DataFrame, ctx: CurateContext) -> pd.DataFrame:
     return pd.DataFrame({"lang": lang, "rich": -t.n_english_attributes.to_numpy(), "key": _key(t, ctx)}, index=t.index)
 
 
+# %% ../nbs/03_curate.ipynb #3ad5e38e
 def step_has_item_id(t, ctx): return t.item_id.notna().to_numpy()
 def step_has_main_image(t, ctx): return t.image_id.notna().to_numpy()
 def step_image_in_csv(t, ctx): return t.image_path.notna().to_numpy()
@@ -256,6 +305,7 @@ def step_not_problem_id(t, ctx): return ~t.image_id.isin(PROBLEM_IMAGE_IDS).to_n
 def step_not_generic_image(t, ctx): return ~t.image_id.isin(ctx.generic_images).to_numpy()
 
 
+# %% ../nbs/03_curate.ipynb #84b0f041
 def _is_list(col: pd.Series) -> bool:
     return col.dtype == object or (isinstance(col.dtype, pd.ArrowDtype) and pa.types.is_list(col.dtype.pyarrow_dtype))
 
@@ -307,6 +357,7 @@ def step_min_english_attributes(t, ctx, n=5): return (t.n_english_attributes >= 
 def step_has_keywords(t, ctx): return _list_lengths(t.keywords) > 0
 
 
+# %% ../nbs/03_curate.ipynb #50672677
 def step_not_banner(t, ctx, aspect=BANNER_ASPECT):
     "images.csv's original size is no more elongated than `aspect`:1 (free: no file is opened)."
     h, w = t.height.astype("float").to_numpy(), t.width.astype("float").to_numpy()
@@ -315,6 +366,7 @@ def step_not_banner(t, ctx, aspect=BANNER_ASPECT):
     return ~(ratio > aspect)  # unknown sizes pass; the image check looks at the file
 
 
+# %% ../nbs/03_curate.ipynb #1ea041de
 def step_one_per_item(t, ctx):
     "One listing per item id across marketplaces: the preferred language and richest metadata wins."
     p = _priority(t, ctx)
@@ -329,6 +381,7 @@ def step_one_per_image(t, ctx, shuffle=True):
     return _first_per(p.assign(image_id=t.image_id), "image_id", ["lang", "rich", "key"], [True, True, True])
 
 
+# %% ../nbs/03_curate.ipynb #079b52b7
 def step_image_ok(t, ctx):
     "Open every image (exists, not empty, decodes, not a banner, RGB-convertible); skipped when ctx.image_check is False."
     if not ctx.image_check:
@@ -341,6 +394,7 @@ def step_image_ok(t, ctx):
     return reasons == "", reasons
 
 
+# %% ../nbs/03_curate.ipynb #66ab48d7
 def _auto_cap(n_pool: int) -> int:
     "The balanced preset's default cap: 2% of the pool, at least 25."
     return max(25, math.ceil(0.02 * n_pool))
@@ -354,6 +408,12 @@ def step_cap_per_type(t, ctx, cap=5000, prefer_rich=False):
     ranked = t[["product_type"]].assign(**order).sort_values(list(order.columns), kind="stable")
     rank = ranked.groupby("product_type", sort=False, dropna=False).cumcount()
     return (rank.reindex(t.index) < cap).to_numpy()
+
+
+def step_shuffle_limit(t, ctx):
+    "Seed 001: no cap unless max_per_type is given (then at most that many per type, by the seed's shuffle)."
+    return step_cap_per_type(t, ctx, cap=10**12) if ctx.max_per_type else np.ones(len(t), dtype=bool)
+
 
 # %% ../nbs/03_curate.ipynb #351b6d39
 def _largest_remainder(weights: np.ndarray, total: int, limits: np.ndarray) -> np.ndarray:
@@ -447,11 +507,6 @@ def step_diversity_sample(t, ctx, target=12000, n_strata=1000, fractions=(0.6, 0
                                      "type_cap": int(type_cap), "brand_cap": int(brand_cap)}
     return chosen
 
-
-def step_shuffle_limit(t, ctx):
-    "Seed 001: no cap unless max_per_type is given (then at most that many per type, by the seed's shuffle)."
-    return step_cap_per_type(t, ctx, cap=10**12) if ctx.max_per_type else np.ones(len(t), dtype=bool)
-
 # %% ../nbs/03_curate.ipynb #cd25c3f6
 STEPS: dict[str, Callable] = {
     "has_item_id": step_has_item_id, "has_main_image": step_has_main_image, "image_in_csv": step_image_in_csv,
@@ -518,12 +573,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 
 
 def get_preset(preset) -> Preset:
-    "A Preset by name (or the Preset itself)."
+    "A Preset by name (or the Preset itself), with the known names in the error when there is none."
     if isinstance(preset, Preset):
         return preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[preset]
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; known presets: {sorted(PRESETS)}") from None
 
 # %% ../nbs/03_curate.ipynb #4abcb6df
 METADATA_FIELDS = (("name", "name"), ("product type", "product_type"), ("brand", "brand"), ("color", "color"),
@@ -561,23 +617,6 @@ def _metadata_texts(t: pd.DataFrame) -> list[str]:
     return ["\n".join(filter(None, row)) for row in zip(*columns)]
 
 # %% ../nbs/03_curate.ipynb #a7c9e2f5
-def _table(listings: pd.DataFrame, images: pd.DataFrame, groups, seed: int, splits: dict) -> pd.DataFrame:
-    "The listings with their main image's csv row, group and split."
-    images = images.drop_duplicates("image_id")
-    # hashed by Arrow: no Python string per id
-    pos = pc.fill_null(pc.index_in(_arrow(listings.main_image_id).cast(pa.large_string()),
-                                   value_set=_arrow(images.image_id).cast(pa.large_string())), -1).to_numpy(zero_copy_only=False)
-    found = pos >= 0
-    t = listings.rename(columns={"main_image_id": "image_id"})
-    for col, src in (("image_path", "path"), ("height", "height"), ("width", "width")):
-        values = images[src].to_numpy(dtype=object)[np.maximum(pos, 0)]
-        t[col] = pd.Series(np.where(found, values, None), index=t.index).astype("str" if col == "image_path" else "Int64")
-    t["group_id"] = pd.Series(groups, index=t.index, dtype="str")
-    split = assign_splits(np.where(pd.isna(groups), "", groups).astype(object), seed, splits)
-    t["split"] = pd.Series(np.where(pd.isna(groups), None, split), index=t.index, dtype="str")
-    return t
-
-
 def _figure(before: pd.Series, after: pd.Series, path: Path, top: int = 30) -> list[Path]:
     "Horizontal bars: the `top` product types of the pool before sampling and what was kept."
     from matplotlib.figure import Figure
@@ -604,24 +643,11 @@ def _figure(before: pd.Series, after: pd.Series, path: Path, top: int = 30) -> l
     return out
 
 
-def curate(abo_root, work, preset="balanced", max_per_type: int | None = None, seed: int = 42, image_check: bool = True,
-           prefer=ENGLISH, target_size: int | None = None, workers: int | None = None, splits: dict | None = None,
-           max_listings_per_image: int = MAX_LISTINGS_PER_IMAGE, listings_cache: bool = True) -> dict:
-    "Curate the ABO tree at `abo_root` into WORK/curated/ with a preset; returns the stats (also in stats.json). `workers`: processes for parsing and image checks (default: every core); `listings_cache`: reuse the parse of unchanged listings files."
-    p = get_preset(preset)
-    splits = dict(splits or SPLITS)
-    work = Path(work)
-    files = find_abo_files(abo_root)
-    listings = load_listings(files, prefer, workers=workers, cache=listings_cache, lists="arrow")
-    images = read_images_csv(files.images_csv)
-    groups, generic = listing_groups(listings.item_id, listings.main_image_id, listings.other_image_ids, max_listings_per_image)
-    table = _table(listings, images, groups, seed, splits)
-    ctx = CurateContext(seed=seed, images_root=files.images_root, image_check=image_check, max_per_type=max_per_type,
-                        target_size=target_size, prefer=tuple(prefer), workers=workers, generic_images=frozenset(generic))
-
+def _run_steps(table: pd.DataFrame, preset: Preset, ctx: CurateContext) -> tuple[pd.DataFrame, dict, pd.DataFrame, pd.Series]:
+    "Run a preset's steps: (kept rows, the count after every step, every dropped row with its step and reason, the sampler's pool of types)."
     counts, dropped, pool_types = {"listings_read": len(table)}, [], None
-    for i, (label, name, params) in enumerate(p.steps):
-        if i == len(p.steps) - 1:
+    for i, (label, name, params) in enumerate(preset.steps):
+        if i == len(preset.steps) - 1:
             pool_types = table.product_type.value_counts()
         result = STEPS[name](table, ctx, **params)
         keep, reasons = result if isinstance(result, tuple) else (result, None)
@@ -631,34 +657,56 @@ def curate(abo_root, work, preset="balanced", max_per_type: int | None = None, s
         dropped.append(gone)
         table = table.loc[keep]
         counts[label] = len(table)
+    dropped = pd.concat(dropped, ignore_index=True)[DROPPED_COLUMNS].astype({"step": "str", "reason": "str"})
+    return table, counts, dropped, pool_types
 
+
+def _output_table(table: pd.DataFrame, catalog_columns, ctx: CurateContext) -> pd.DataFrame:
+    "The kept rows as written: lists as Python lists, metadata_text, image formats, the catalog's extra fields as text, sorted."
     kept = table.copy()
     for c in set(OUTPUT_COLUMNS) | {c for _, c in METADATA_FIELDS}:  # the lists written or described, as Python lists as before
         if c in kept.columns and isinstance(kept[c].dtype, pd.ArrowDtype) and _is_list(kept[c]):
             kept[c] = pd.Series(_arrow(kept[c]).to_pylist(), index=kept.index, dtype=object)
     kept["metadata_text"] = _metadata_texts(kept)
     kept["image_format"] = pd.Series([ctx.image_formats.get(i) for i in kept.image_id], index=kept.index, dtype="str")
-    catalog_extras = [c for c in listings.columns if c not in set(OUTPUT_COLUMNS) | set(EXTRA_COLUMNS) | set(LISTING_COLUMNS)]
+    catalog_extras = [c for c in catalog_columns if c not in set(OUTPUT_COLUMNS) | set(EXTRA_COLUMNS) | set(LISTING_COLUMNS)]
     for c in catalog_extras:  # a field of mixed types (3 here, "3" there) must still fit one parquet column
         if kept[c].dtype == object:
             kept[c] = kept[c].map(lambda v: None if v is None else str(v)).astype("str")
     kept = kept[OUTPUT_COLUMNS + EXTRA_COLUMNS + catalog_extras].sort_values(["image_path", "item_id", "domain_name"], kind="stable")
-    kept = kept.reset_index(drop=True)
-    dropped = pd.concat(dropped, ignore_index=True)[DROPPED_COLUMNS].astype({"step": "str", "reason": "str"})
+    return kept.reset_index(drop=True)
 
+
+def curate(abo_root, work, preset="balanced", max_per_type: int | None = None, seed: int = 42, image_check: bool = True,
+           prefer=ENGLISH, target_size: int | None = None, workers: int | None = None, splits: dict | None = None,
+           max_listings_per_image: int = MAX_LISTINGS_PER_IMAGE, listings_cache: bool = True, holdout_types: int = 0) -> dict:
+    """Curate the ABO tree at `abo_root` into WORK/curated/ with a preset; returns the stats (also in stats.json). `workers`: processes
+    for parsing and image checks (default: every core); `listings_cache`: reuse the parse of unchanged listings files;
+    `holdout_types`: hold out that many whole product types into the OOD_SPLIT (`pick_holdout_types`)."""
+    p, splits, work = get_preset(preset), dict(splits or SPLITS), Path(work)
+    files = find_abo_files(abo_root)
+    listings = load_listings(files, prefer, workers=workers, cache=listings_cache, lists="arrow")
+    images = read_images_csv(files.images_csv)
+    groups, generic = listing_groups(listings.item_id, listings.main_image_id, listings.other_image_ids, max_listings_per_image)
+    holdout = pick_holdout_types(listings.product_type, listings.item_id, holdout_types, seed)
+    ctx = CurateContext(seed=seed, images_root=files.images_root, image_check=image_check, max_per_type=max_per_type,
+                        target_size=target_size, prefer=tuple(prefer), workers=workers, generic_images=frozenset(generic))
+    table, counts, dropped, pool_types = _run_steps(_table(listings, images, groups, seed, splits, holdout), p, ctx)
+    kept = _output_table(table, listings.columns, ctx)
+    params = {"max_per_type": max_per_type, "seed": seed, "image_check": image_check, "prefer": list(prefer),
+              "target_size": target_size, "splits": splits, "max_listings_per_image": max_listings_per_image}
     stats = {
         "preset": p.name, "description": p.description,
-        "params": {"max_per_type": max_per_type, "seed": seed, "image_check": image_check, "prefer": list(prefer),
-                   "target_size": target_size, "splits": splits, "max_listings_per_image": max_listings_per_image},
+        "params": params | ({"holdout_types": holdout_types} if holdout else {}),  # absent by default: the same bytes as before
         "abo_root": str(Path(abo_root).resolve()), "images_root": str(Path(files.images_root).resolve()),
         "listing_files": len(files.listings), "images_in_csv": len(images),
         "read_errors": {k: v for k, v in listings.attrs["read_errors"].items()},
         "steps": counts, "kept": len(kept),
         "dropped_by_reason": {k: int(v) for k, v in dropped.reason.value_counts().sort_index().items()},
         "product_types": int(kept.product_type.nunique()),
-        "splits": {s: int((kept.split == s).sum()) for s in splits},
+        "splits": {s: int((kept.split == s).sum()) for s in [*splits, *([OOD_SPLIT] if holdout else [])]},
         "groups": {"kept": int(kept.group_id.nunique()), "generic_images": len(generic)},
-        "notes": ctx.notes,
+        "notes": ctx.notes | ({"holdout_types": holdout} if holdout else {}),
     }
     out = work / "curated"
     atomic_write_parquet(kept, out / "listings.parquet")

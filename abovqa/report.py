@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import atomic_write_text
+from .core import MissingStageError, Study, atomic_write_text
+from .curate import OOD_SPLIT
 from .metrics import (ANSWER_FORMS, CAPTION_SUMMARY_METRICS, DIFFICULTIES, bootstrap_ci, compare_runs,
                             comparison_table, format_summary, metric_correlation)
 
@@ -23,12 +24,12 @@ from .metrics import (ANSWER_FORMS, CAPTION_SUMMARY_METRICS, DIFFICULTIES, boots
 __all__ = ['METRIC_LABELS', 'UNBOUNDED_METRICS', 'HEADLINE_METRICS', 'KIND_ORDER', 'MODEL_FAMILIES', 'LENGTH_BINS',
            'FIGURE_ORDER', 'FIGURE_CAPTIONS', 'save_figure', 'model_family', 'run_colors', 'short_name', 'ordered_runs',
            'plot_qtype_accuracy', 'plot_difficulty_accuracy', 'plot_product_type_accuracy', 'plot_model_comparison',
-           'plot_answer_confusion', 'make_figures', 'read_scored', 'focus_run', 'base_of', 'plot_metric_correlation',
+           'read_scored', 'focus_run', 'base_of', 'plot_answer_confusion', 'plot_metric_correlation',
            'plot_metric_distributions', 'plot_qtype_metrics', 'length_bin', 'f1_by_length', 'plot_f1_vs_length',
-           'plot_answer_forms', 'images_root', 'error_examples', 'plot_error_gallery', 'load_training_logs',
-           'plot_training_curves', 'paired_comparisons', 'plot_paired_differences', 'side_by_side',
-           'plot_caption_gallery', 'print_summary', 'comparison_pairs', 'evaluation_info', 'leaderboard',
-           'leaderboard_html', 'write_report']
+           'plot_answer_forms', 'error_examples', 'plot_error_gallery', 'load_training_logs', 'plot_training_curves',
+           'comparison_pairs', 'paired_comparisons', 'plot_paired_differences', 'side_by_side', 'plot_caption_gallery',
+           'make_figures', 'print_summary', 'evaluation_info', 'ood_scores', 'leaderboard', 'leaderboard_html',
+           'write_report']
 
 # %% ../nbs/09_report.ipynb #2de0f14a
 METRIC_LABELS = {"exact_match": "exact match", "vqa_accuracy": "VQA accuracy", "token_f1": "token F1", "rouge_1": "ROUGE-1",
@@ -106,7 +107,7 @@ def short_name(run: str, width: int = 28) -> str:
     keep = width - 1
     return run[: (keep + 1) // 2] + "…" + run[len(run) - keep // 2:]
 
-# %% ../nbs/09_report.ipynb #fbe2108a
+# %% ../nbs/09_report.ipynb #3e0e70fa
 def _metrics_table(work, name: str) -> pd.DataFrame:
     "WORK/metrics/<name>.csv, or an empty frame when evaluate did not write it (older runs, no scored rows)."
     path = Path(work) / "metrics" / f"{name}.csv"
@@ -195,21 +196,25 @@ def _breakdown_heatmap(work, table_name: str, column: str, name: str, what: str,
     return _heatmap(work, name, values, f"{label} by {what} (n = questions per column)", n=n)
 
 
+# %% ../nbs/09_report.ipynb #c5408981
 def plot_qtype_accuracy(work, metric: str = "exact_match") -> list[Path]:
     "Heatmap: `metric` per run (rows, leaderboard order) and question type (columns, with n)."
     return _breakdown_heatmap(work, "by_qtype", "qtype", "qtype_accuracy", "question type", metric)
 
 
+# %% ../nbs/09_report.ipynb #aaf2e453
 def plot_difficulty_accuracy(work, metric: str = "exact_match") -> list[Path]:
     "Heatmap: `metric` per run and the generator's difficulty (easy, medium, hard), with n."
     return _breakdown_heatmap(work, "by_difficulty", "difficulty", "difficulty_accuracy", "difficulty", metric, order=list(DIFFICULTIES))
 
 
+# %% ../nbs/09_report.ipynb #391c8fb4
 def plot_product_type_accuracy(work, metric: str = "exact_match", top: int = 12) -> list[Path]:
     "Heatmap: `metric` per run and product type (the `top` most frequent), with n."
     return _breakdown_heatmap(work, "by_product_type", "product_type", "product_type_accuracy", f"product type (top {top})", metric, top=top)
 
 
+# %% ../nbs/09_report.ipynb #8693e570
 def plot_model_comparison(work) -> list[Path]:
     "Heatmap: every metric (columns) per run (rows); the colour ranks runs within a column (BARTScore has its own scale)."
     summary, _ = _read_metrics(work)
@@ -226,54 +231,7 @@ def plot_model_comparison(work) -> list[Path]:
                     summary=summary, colour=colour.fillna(0.5))
 
 
-def plot_answer_confusion(work, qtype: str | None = None, top: int = 12, run: str | None = None) -> list[Path]:
-    "Heatmap of predicted vs true answers (normalized) for one question type of `run` (default: the focus run)."
-    plt = _plt()
-    import seaborn as sns
-    summary, _ = _read_metrics(work)
-    if summary.empty or "exact_match" not in summary.columns:
-        return []
-    run = run or focus_run(summary)
-    path = Path(work) / "metrics" / f"{run}.parquet"
-    if not path.exists():
-        return []
-    rows = pd.read_parquet(path)
-    rows = rows[rows["qtype"] != "yesno"] if qtype is None else rows
-    if rows.empty:
-        return []
-    qtype = qtype or rows["qtype"].value_counts().sort_index().idxmax()
-    rows = rows[rows["qtype"] == qtype]
-    truths = rows["reference_norm"].value_counts().head(top).index
-    rows = rows[rows["reference_norm"].isin(truths)]
-    preds = rows["prediction_norm"].replace("", "(failed/empty)")
-    kept = preds.value_counts().head(top).index
-    preds = preds.where(preds.isin(kept), "(other)")
-    table = pd.crosstab(rows["reference_norm"], preds)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * table.shape[1], 1.2 + 0.45 * table.shape[0]))
-    sns.heatmap(table, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{short_name(run)}: answers to {qtype} questions")
-    ax.tick_params(axis="y", rotation=0)
-    return save_figure(fig, work, "answer_confusion")
-
-
-def make_figures(work, run: str | None = None, top_k: int = 12, n_boot: int = 1000) -> list[Path]:
-    "Draw every figure the files allow into WORK/figures (PNG + SVG); the list of files written. `run`: the seed-000 analyses' run."
-    paths = []
-    if (Path(work) / "metrics" / "summary.csv").exists():  # a captions-only study has no VQA figures
-        for plot in (plot_qtype_accuracy, plot_difficulty_accuracy, plot_product_type_accuracy, plot_model_comparison, plot_answer_forms):
-            paths += plot(work)
-        paths += plot_paired_differences(work, n_boot=n_boot)
-        paths += plot_metric_correlation(work)
-        paths += plot_metric_distributions(work, run=run)
-        paths += plot_qtype_metrics(work, run=run)
-        paths += plot_f1_vs_length(work, run=run)
-        paths += plot_answer_confusion(work, top=top_k, run=run)
-        paths += plot_error_gallery(work, run=run, k=top_k)
-    paths += plot_training_curves(work)
-    paths += plot_caption_gallery(work)
-    return paths
-
-# %% ../nbs/09_report.ipynb #d53dcfe7
+# %% ../nbs/09_report.ipynb #5bbb4c9d
 def read_scored(work, runs=None) -> pd.DataFrame:
     "Every VQA run's WORK/metrics/<run>.parquet (per-question scores) stacked, with a `run` column (caption runs left out)."
     summary_path = Path(work) / "metrics" / "summary.csv"
@@ -305,6 +263,45 @@ def base_of(summary: pd.DataFrame, run: str) -> str | None:
     return _best_run(bases) if len(bases) else None
 
 
+def _focus(work, run: str | None = None) -> tuple[pd.DataFrame, str, list[str]]:
+    "(summary, `run` or the focus run, that run and its base when it is a fine-tune): what seed 000's analyses look at."
+    summary, _ = _read_metrics(work)
+    run = run or focus_run(summary)
+    return summary, run, [r for r in (run, base_of(summary, run)) if r]
+
+
+# %% ../nbs/09_report.ipynb #76c8ecd2
+def plot_answer_confusion(work, qtype: str | None = None, top: int = 12, run: str | None = None) -> list[Path]:
+    "Heatmap of predicted vs true answers (normalized) for one question type of `run` (default: the focus run)."
+    plt = _plt()
+    import seaborn as sns
+    summary, _ = _read_metrics(work)
+    if summary.empty or "exact_match" not in summary.columns:
+        return []
+    _, run, _ = _focus(work, run)
+    path = Path(work) / "metrics" / f"{run}.parquet"
+    if not path.exists():
+        return []
+    rows = pd.read_parquet(path)
+    rows = rows[rows["qtype"] != "yesno"] if qtype is None else rows
+    if rows.empty:
+        return []
+    qtype = qtype or rows["qtype"].value_counts().sort_index().idxmax()
+    rows = rows[rows["qtype"] == qtype]
+    truths = rows["reference_norm"].value_counts().head(top).index
+    rows = rows[rows["reference_norm"].isin(truths)]
+    preds = rows["prediction_norm"].replace("", "(failed/empty)")
+    kept = preds.value_counts().head(top).index
+    preds = preds.where(preds.isin(kept), "(other)")
+    table = pd.crosstab(rows["reference_norm"], preds)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * table.shape[1], 1.2 + 0.45 * table.shape[0]))
+    sns.heatmap(table, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{short_name(run)}: answers to {qtype} questions")
+    ax.tick_params(axis="y", rotation=0)
+    return save_figure(fig, work, "answer_confusion")
+
+
+# %% ../nbs/09_report.ipynb #42dcf16b
 def plot_metric_correlation(work) -> list[Path]:
     "Seed 000's heatmap, Pearson next to Spearman: correlations between per-question metrics of every model run (blind runs left out)."
     plt = _plt()
@@ -326,13 +323,12 @@ def plot_metric_correlation(work) -> list[Path]:
     return save_figure(fig, work, "metric_correlation")
 
 
+# %% ../nbs/09_report.ipynb #b0598359
 def plot_metric_distributions(work, run: str | None = None,
                               metrics=("exact_match", "token_f1", "meteor", "bertscore_f1", "bart_score")) -> list[Path]:
     "Seed 000's distributions: a histogram per metric (exact match ... BARTScore) for `run` (default: the focus run) and its base."
     plt = _plt()
-    summary, _ = _read_metrics(work)
-    run = run or focus_run(summary)
-    shown = [r for r in (run, base_of(summary, run)) if r]
+    summary, run, shown = _focus(work, run)
     rows = read_scored(work, shown)
     metrics = [m for m in metrics if m in rows.columns and rows[m].notna().any()]
     if rows.empty or not metrics:
@@ -354,11 +350,12 @@ def plot_metric_distributions(work, run: str | None = None,
     return save_figure(fig, work, "metric_distributions")
 
 
+# %% ../nbs/09_report.ipynb #b1e66f08
 def plot_qtype_metrics(work, run: str | None = None, metrics=("exact_match", "token_f1", "meteor", "bertscore_f1")) -> list[Path]:
     "Seed 000's 'metric by question type': the focus run's metrics per question type, bars with 95% intervals."
     plt = _plt()
-    summary, by_qtype = _read_metrics(work)
-    run = run or focus_run(summary)
+    _, run, _ = _focus(work, run)
+    by_qtype = _metrics_table(work, "by_qtype")
     table = by_qtype[by_qtype["run"] == run] if len(by_qtype) else by_qtype
     metrics = [m for m in metrics if m in table.columns]
     if table.empty or not metrics:
@@ -375,6 +372,7 @@ def plot_qtype_metrics(work, run: str | None = None, metrics=("exact_match", "to
     return save_figure(fig, work, "qtype_metrics")
 
 
+# %% ../nbs/09_report.ipynb #22e52c2e
 LENGTH_BINS = ((1, 3), (4, 6), (7, 9), (10, 14), (15, None))  # characters of the ground-truth answer
 
 
@@ -399,12 +397,11 @@ def f1_by_length(work, runs=None, n_boot: int = 500) -> pd.DataFrame:
     return pd.DataFrame(out).assign(_o=lambda t: t["length"].map(order.index)).sort_values(["run", "_o"]).drop(columns="_o").reset_index(drop=True)
 
 
+# %% ../nbs/09_report.ipynb #a0ee1194
 def plot_f1_vs_length(work, run: str | None = None) -> list[Path]:
     "Token F1 by the ground-truth answer's length in characters, for the focus run and its base, with intervals and n per bin."
     plt = _plt()
-    summary, _ = _read_metrics(work)
-    run = run or focus_run(summary)
-    shown = [r for r in (run, base_of(summary, run)) if r]
+    summary, run, shown = _focus(work, run)
     table = f1_by_length(work, shown)
     if table.empty:
         return []
@@ -425,6 +422,7 @@ def plot_f1_vs_length(work, run: str | None = None) -> list[Path]:
     return save_figure(fig, work, "f1_vs_length")
 
 
+# %% ../nbs/09_report.ipynb #22b98a91
 def plot_answer_forms(work) -> list[Path]:
     "Stacked shares of empty / one-word / phrase / sentence answers per run (leaderboard order), with the hedged share marked."
     plt = _plt()
@@ -447,19 +445,18 @@ def plot_answer_forms(work) -> list[Path]:
     return save_figure(fig, work, "answer_forms")
 
 
-def images_root(work) -> Path | None:
-    "The images root recorded by curation in WORK/curated/stats.json, or None."
-    stats = Path(work) / "curated" / "stats.json"
-    if not stats.exists():
+# %% ../nbs/09_report.ipynb #21b764c5
+def _images_root(work) -> Path | None:
+    "The study's images root (`Study.images_root`), or None when curation's record or the images are not here: galleries are skipped."
+    try:
+        return Study(work).images_root()
+    except MissingStageError:
         return None
-    root = json.loads(stats.read_text()).get("images_root")
-    return Path(root) if root else None
 
 
 def error_examples(work, run: str | None = None, k: int = 12, seed: int = 0) -> pd.DataFrame:
     "Up to `k` wrongly answered questions of `run` (default: the focus run), spread over question types, reproducibly chosen."
-    summary, _ = _read_metrics(work)
-    run = run or focus_run(summary)
+    _, run, _ = _focus(work, run)
     rows = pd.read_parquet(Path(work) / "metrics" / f"{run}.parquet")
     wrong = rows[rows["exact_match"] < 1].sort_values("qa_id")
     if wrong.empty:
@@ -469,11 +466,12 @@ def error_examples(work, run: str | None = None, k: int = 12, seed: int = 0) -> 
     return wrong.head(k).assign(run=run).reset_index(drop=True)
 
 
+# %% ../nbs/09_report.ipynb #c890e1d1
 def plot_error_gallery(work, run: str | None = None, k: int = 12, seed: int = 0, columns: int = 4) -> list[Path]:
-    "A grid of wrong answers: image, question, reference and prediction (images via WORK/curated/stats.json)."
+    "A grid of wrong answers: image, question, reference and prediction (images from the study's images root)."
     plt = _plt()
     from PIL import Image as PILImage
-    root = images_root(work)
+    root = _images_root(work)
     if not (Path(work) / "metrics" / "summary.csv").exists():
         return []
     examples = error_examples(work, run, k, seed)
@@ -498,6 +496,7 @@ def plot_error_gallery(work, run: str | None = None, k: int = 12, seed: int = 0,
     return save_figure(fig, work, "error_gallery")
 
 
+# %% ../nbs/09_report.ipynb #c305b8b2
 def load_training_logs(work) -> pd.DataFrame:
     "Trainer log_history rows per run (step, loss, eval_loss, learning_rate, ...): WORK/adapters/<run>/log_history.json, else the newest checkpoint's trainer_state.json."
     work, frames = Path(work), {}
@@ -541,6 +540,22 @@ def plot_training_curves(work) -> list[Path]:
         axes[0][1].set(xlabel="step", ylabel="learning rate", title="Learning rate schedule")
         axes[0][1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     return save_figure(fig, work, "training_curves")
+
+
+# %% ../nbs/09_report.ipynb #da0fa19b
+def comparison_pairs(summary: pd.DataFrame, limit: int = 6) -> list[tuple[str, str]]:
+    "(a, b) run pairs worth a paired test: each fine-tuned run vs the pretrained runs of its model, else the two best model runs."
+    kinds = summary["kind"] if "kind" in summary.columns else pd.Series("pretrained", index=summary.index)
+    summary = summary[kinds != "blind"]  # blind baselines get their own comparison (paired_comparisons)
+    kinds = kinds[kinds != "blind"]
+    if len(summary) < 2:
+        return []
+    tuned, base = summary[kinds == "fine-tuned"], summary[kinds != "fine-tuned"]
+    pairs = [(b.run, t.run) for t in tuned.itertuples() for b in base.itertuples() if b.model == t.model or not (base["model"] == t.model).any()]
+    if not pairs:
+        ranked = summary.sort_values(["exact_match", "run"], ascending=[False, True])["run"].tolist() if "exact_match" in summary.columns else sorted(summary["run"])
+        pairs = [(ranked[1], ranked[0])]
+    return pairs[:limit]
 
 
 def paired_comparisons(work, n_boot: int = 1000) -> list[dict]:
@@ -589,6 +604,7 @@ def plot_paired_differences(work, metrics=("exact_match", "bertscore_f1"), n_boo
     return save_figure(fig, work, "paired_differences")
 
 
+# %% ../nbs/09_report.ipynb #2176ddce
 def side_by_side(work, base: str, tuned: str, k: int = 8, seed: int = 0) -> pd.DataFrame:
     """Seed 002's qualitative table: the same `k` questions answered by a pretrained run and its fine-tune, chosen reproducibly
     and spread over outcomes (fixed by the fine-tune, broken by it, both wrong, both right) and question types."""
@@ -607,6 +623,7 @@ def side_by_side(work, base: str, tuned: str, k: int = 8, seed: int = 0) -> pd.D
     out["prediction_tuned"] = [p if ok else "(failed)" for p, ok in zip(out["prediction_tuned"], both.head(k)["ok_tuned"])]
     return out.rename(columns={"prediction_base": base, "prediction_tuned": tuned})
 
+
 # %% ../nbs/09_report.ipynb #4dcd3c28
 def _wrap(text, width: int = 38, lines: int = 4) -> str:
     import textwrap
@@ -618,7 +635,7 @@ def plot_caption_gallery(work, runs: list[str] | None = None, k: int = 6, seed: 
     "Image, reference and each caption run's prediction for `k` test images (WORK/figures/caption_gallery); [] without caption metrics."
     work = Path(work)
     summary_path = work / "metrics" / "captions_summary.csv"
-    root = images_root(work)
+    root = _images_root(work)
     if not summary_path.exists() or root is None:
         return []
     runs = runs or pd.read_csv(summary_path)["run"].tolist()
@@ -667,18 +684,7 @@ def _caption_sections(work: Path) -> list[str]:
         parts += ["<p>Reference captions per split:</p>", counts.to_html()]
     return parts
 
-# %% ../nbs/09_report.ipynb #bb93eebd
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.4}
-h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}table{border-collapse:collapse;font-size:.85em;margin:.8em 0;max-width:100%}
-th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;vertical-align:top}th{background:#f4f4f4}
-td:first-child,th:first-child{text-align:left}caption{caption-side:bottom;text-align:left;color:#555;font-size:.9em;padding-top:.4em}
-img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
-.scroll{overflow-x:auto;max-width:100%}details{margin:.6em 0}summary{cursor:pointer;color:#2a5db0}
-table.board{width:100%}table.board td.run{text-align:left;overflow-wrap:anywhere;max-width:16em}
-table.board tr.group th{text-align:left;background:#e9eef6}table.board small{color:#666;white-space:nowrap}
-.sw{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.4em;vertical-align:baseline}
-table.sbs td{text-align:left;overflow-wrap:anywhere}table.sbs img{width:72px;height:auto}.right{color:#1a7f37}.wrong{color:#b42318}
-.meta{color:#555}"""
+# %% ../nbs/09_report.ipynb #51131b5f
 FIGURE_ORDER = ("curate_product_types", "qtype_accuracy", "difficulty_accuracy", "product_type_accuracy", "model_comparison",
                 "paired_differences", "metric_correlation", "metric_distributions", "qtype_metrics", "f1_vs_length", "answer_confusion",
                 "answer_forms", "error_gallery", "training_curves", "caption_gallery")
@@ -696,6 +702,36 @@ FIGURE_CAPTIONS = {
 }
 
 
+def make_figures(work, run: str | None = None, top_k: int = 12, n_boot: int = 1000) -> list[Path]:
+    "Draw every figure the files allow into WORK/figures (PNG + SVG); the list of files written. `run`: the seed-000 analyses' run."
+    paths = []
+    if (Path(work) / "metrics" / "summary.csv").exists():  # a captions-only study has no VQA figures
+        for plot in (plot_qtype_accuracy, plot_difficulty_accuracy, plot_product_type_accuracy, plot_model_comparison, plot_answer_forms):
+            paths += plot(work)
+        paths += plot_paired_differences(work, n_boot=n_boot)
+        paths += plot_metric_correlation(work)
+        paths += plot_metric_distributions(work, run=run)
+        paths += plot_qtype_metrics(work, run=run)
+        paths += plot_f1_vs_length(work, run=run)
+        paths += plot_answer_confusion(work, top=top_k, run=run)
+        paths += plot_error_gallery(work, run=run, k=top_k)
+    paths += plot_training_curves(work)
+    paths += plot_caption_gallery(work)
+    return paths
+
+
+# %% ../nbs/09_report.ipynb #bb93eebd
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.4}
+h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}table{border-collapse:collapse;font-size:.85em;margin:.8em 0;max-width:100%}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;vertical-align:top}th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}caption{caption-side:bottom;text-align:left;color:#555;font-size:.9em;padding-top:.4em}
+img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
+.scroll{overflow-x:auto;max-width:100%}details{margin:.6em 0}summary{cursor:pointer;color:#2a5db0}
+table.board{width:100%}table.board td.run{text-align:left;overflow-wrap:anywhere;max-width:16em}
+table.board tr.group th{text-align:left;background:#e9eef6}table.board small{color:#666;white-space:nowrap}
+.sw{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.4em;vertical-align:baseline}
+table.sbs td{text-align:left;overflow-wrap:anywhere}table.sbs img{width:72px;height:auto}.right{color:#1a7f37}.wrong{color:#b42318}
+.meta{color:#555}"""
 def print_summary(work) -> pd.DataFrame:
     "Print the run comparison tables (mean [95% CI] per metric) of WORK/metrics/summary.csv and captions_summary.csv; return the VQA one (else the captions one)."
     metrics = Path(work) / "metrics"
@@ -709,21 +745,6 @@ def print_summary(work) -> pd.DataFrame:
         print("\ncaptions:\n" + format_summary(captions, metrics=[m for m in CAPTION_SUMMARY_METRICS if m in captions.columns]))
         summary = captions if summary is None else summary
     return summary
-
-
-def comparison_pairs(summary: pd.DataFrame, limit: int = 6) -> list[tuple[str, str]]:
-    "(a, b) run pairs worth a paired test: each fine-tuned run vs the pretrained runs of its model, else the two best model runs."
-    kinds = summary["kind"] if "kind" in summary.columns else pd.Series("pretrained", index=summary.index)
-    summary = summary[kinds != "blind"]  # blind baselines get their own comparison (paired_comparisons)
-    kinds = kinds[kinds != "blind"]
-    if len(summary) < 2:
-        return []
-    tuned, base = summary[kinds == "fine-tuned"], summary[kinds != "fine-tuned"]
-    pairs = [(b.run, t.run) for t in tuned.itertuples() for b in base.itertuples() if b.model == t.model or not (base["model"] == t.model).any()]
-    if not pairs:
-        ranked = summary.sort_values(["exact_match", "run"], ascending=[False, True])["run"].tolist() if "exact_match" in summary.columns else sorted(summary["run"])
-        pairs = [(ranked[1], ranked[0])]
-    return pairs[:limit]
 
 
 def evaluation_info(work) -> dict:
@@ -740,9 +761,24 @@ def _p(p) -> str:
     return "–" if p is None or pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
 
 
+def ood_scores(work, metric: str = "exact_match", n_boot: int = 1000) -> pd.DataFrame:
+    """Per run: `metric` on the out-of-distribution split alone (product types curation held out, `holdout_types`), with its 95%
+    interval and n; an empty frame when no run answered a question of that split."""
+    rows = read_scored(work)
+    columns = ["run", "n_ood", f"{metric}_ood", f"{metric}_ood_lo", f"{metric}_ood_hi"]
+    if rows.empty or "split" not in rows.columns or metric not in rows.columns or not (rows["split"] == OOD_SPLIT).any():
+        return pd.DataFrame(columns=columns)
+    out = []
+    for run, group in rows[rows["split"] == OOD_SPLIT].groupby("run", sort=True):
+        values = group[metric].to_numpy(dtype=float)
+        out.append([run, len(values), float(values.mean()), *bootstrap_ci(values, n_boot=n_boot)])
+    return pd.DataFrame(out, columns=columns)
+
+
 def leaderboard(work, results: list[dict] | None = None, metrics=HEADLINE_METRICS, n_boot: int = 1000) -> pd.DataFrame:
     """One row per run in leaderboard order: kind, n, each headline metric's mean and 95% interval, and the paired exact-match
-    gain of a fine-tune over its base and of every model run over the best blind baseline (delta, interval, McNemar p)."""
+    gain of a fine-tune over its base and of every model run over the best blind baseline (delta, interval, McNemar p); with an
+    out-of-distribution split in the study, exact match on that split alone (`exact_match_ood`, interval, `n_ood`)."""
     summary, _ = _read_metrics(work)
     results = paired_comparisons(work, n_boot=n_boot) if results is None else results
     metrics = [m for m in metrics if m in summary.columns and summary[m].notna().any()]
@@ -759,7 +795,9 @@ def leaderboard(work, results: list[dict] | None = None, metrics=HEADLINE_METRIC
                 row.update({f"{prefix}_vs": hit["run_a"], prefix: d["delta"], f"{prefix}_lo": d["delta_lo"], f"{prefix}_hi": d["delta_hi"],
                             f"{prefix}_p": (hit.get("mcnemar") or {}).get("p_mcnemar", d["p_bootstrap"])})
         rows.append(row)
-    return pd.DataFrame(rows)
+    board = pd.DataFrame(rows)
+    ood = ood_scores(work, n_boot=n_boot)
+    return board.merge(ood, on="run", how="left") if len(ood) else board
 
 
 def leaderboard_html(work, board: pd.DataFrame) -> str:
@@ -767,19 +805,25 @@ def leaderboard_html(work, board: pd.DataFrame) -> str:
     summary, _ = _read_metrics(work)
     colors, info = run_colors(summary), evaluation_info(work)
     metrics = [m for m in HEADLINE_METRICS if m in board.columns]
+    ood = ["exact_match_ood"] if "exact_match_ood" in board.columns else []
     extra = [c for c in ("gain", "over_blind") if c in board.columns]
     heads = {"gain": "gain over base<br><small>exact match</small>", "over_blind": "over blind prior<br><small>exact match</small>"}
-    cells = ["<th>run</th><th>n</th>"] + [f"<th>{html.escape(METRIC_LABELS[m])}</th>" for m in metrics] + [f"<th>{heads[c]}</th>" for c in extra]
+    cells = (["<th>run</th><th>n</th>"] + [f"<th>{html.escape(METRIC_LABELS[m])}</th>" for m in metrics]
+             + [f"<th title='{OOD_SPLIT}: product types held out of train, val and test'>exact match (ood)</th>" for _ in ood]
+             + [f"<th>{heads[c]}</th>" for c in extra])
     out = ["<div class='scroll'><table class='board' id='leaderboard'><thead><tr>" + "".join(cells) + "</tr></thead><tbody>"]
     titles = {"fine-tuned": "Fine-tuned", "pretrained": "Pretrained (zero-shot)", "blind": "Blind baselines (train-split answer priors, no image)"}
     for kind, group in board.groupby("kind", sort=False):
-        out.append(f"<tr class='group'><th colspan='{2 + len(metrics) + len(extra)}'>{titles.get(kind, html.escape(str(kind)))}</th></tr>")
+        out.append(f"<tr class='group'><th colspan='{2 + len(metrics) + len(ood) + len(extra)}'>{titles.get(kind, html.escape(str(kind)))}</th></tr>")
         for r in group.itertuples(index=False):
             r = r._asdict()
             tds = [f"<td class='run'><span class='sw' style='background:{colors.get(r['run'], '#999')}'></span>{html.escape(r['run'])}</td>",
                    f"<td>{r['n']:,}</td>"]
             for m in metrics:
                 tds.append(f"<td><b>{_fmt(r[m])}</b><br><small>[{_fmt(r[f'{m}_lo'], 2)}, {_fmt(r[f'{m}_hi'], 2)}]</small></td>")
+            for m in ood:
+                n_ood = f"n={int(r['n_ood']):,} " if pd.notna(r.get("n_ood")) else ""
+                tds.append(f"<td><b>{_fmt(r[m])}</b><br><small>{n_ood}[{_fmt(r[f'{m}_lo'], 2)}, {_fmt(r[f'{m}_hi'], 2)}]</small></td>")
             for c in extra:
                 if pd.notna(r.get(c)):
                     tds.append(f"<td title='vs {html.escape(str(r[c + '_vs']))}'><b>{r[c]:+.3f}</b><br><small>[{r[c + '_lo']:+.2f}, {r[c + '_hi']:+.2f}] "
@@ -792,6 +836,8 @@ def leaderboard_html(work, board: pd.DataFrame) -> str:
     out.append(f"</tbody><caption>Mean over n = {n_q if n_q is not None else board['n'].max():,} scored questions ({splits or 'splits not recorded'}) "
                "with 95% bootstrap intervals; a failed prediction counts as wrong. Gains are paired differences on the same questions "
                "(95% paired-bootstrap interval, McNemar p on exact match); “over blind prior” is the margin over the best blind baseline. "
+               + (f"“exact match (ood)”: the {OOD_SPLIT} questions alone (product types held out of training); the other columns "
+                  "pool every scored split. " if ood else "") +
                f"Config hash <code>{html.escape(str(config))}</code> (<code>metrics/evaluation.json</code>: questions, run fingerprints, "
                "metric settings).</caption></table></div>")
     return "\n".join(out)
@@ -830,7 +876,7 @@ def _side_by_side_html(work: Path, base: str, tuned: str, k: int = 8) -> str:
     table = side_by_side(work, base, tuned, k=k)
     if table.empty:
         return ""
-    root = images_root(work)
+    root = _images_root(work)
     head = f"<tr><th>image</th><th>type</th><th>question</th><th>true</th><th>{html.escape(base)}</th><th>{html.escape(tuned)}</th><th>outcome</th></tr>"
     rows = []
     for r in table.to_dict("records"):
@@ -854,6 +900,52 @@ def _training_table(work: Path) -> pd.DataFrame:
     return table.dropna(axis=1, how="all")  # e.g. no peak GPU memory on a CPU run: no empty column
 
 
+def _paired_tables(results: list[dict]) -> str:
+    "One table per paired comparison: the delta per metric with its interval and p-value, and McNemar's test on exact match."
+    tables = []
+    for r in results:
+        test = r.get("mcnemar")
+        mc = f" McNemar on exact match ({test['method']}): {test['a_only']} vs {test['b_only']} discordant, p = {test['p_mcnemar']:.3g}." if test else ""
+        tables.append(f"<h3>{html.escape(r['run_b'])} vs {html.escape(r['run_a'])}</h3><p>{r['n']} shared questions; delta = "
+                      f"{html.escape(r['run_b'])} − {html.escape(r['run_a'])} with its paired-bootstrap 95% interval and p-value.{mc}</p>"
+                      + _html_table(comparison_table(r), index=False))
+    return "".join(tables)
+
+
+def _question_section(work: Path) -> list[str]:
+    "The question set by type, split and difficulty, and the metadata checks when recorded; [] without questions."
+    qa_path = Study(work).qa
+    if not qa_path.exists():
+        return []
+    qa = pd.read_parquet(qa_path)
+    parts = [f"<h2>Questions</h2><p>{len(qa):,} questions by type and split" + (" and by difficulty" if "difficulty" in qa else "") + ".</p>",
+             _html_table(qa.groupby(["qtype", "split"]).size().unstack(fill_value=0))]
+    if "difficulty" in qa.columns:
+        parts.append(_html_table(qa.groupby(["difficulty", "split"]).size().unstack(fill_value=0)))
+    try:
+        from abovqa.quality import quality_table
+        quality = quality_table(work)
+        parts += ["<p>Answers checked against the listing metadata (shares of generated pairs per type):</p>", _html_table(quality, index=False)]
+    except (FileNotFoundError, KeyError, ValueError):
+        pass  # questions from before the checks existed: nothing to show
+    return parts
+
+
+def _full_tables(work: Path, summary: pd.DataFrame) -> list[str]:
+    "summary.csv and the breakdowns (question type, difficulty, product type, sample fraction), each folded."
+    full = [_details("Every metric per run (summary.csv)", _html_table(summary.set_index("run").loc[ordered_runs(summary)].reset_index(), index=False))]
+    for name, index in (("by_qtype", "qtype"), ("by_difficulty", "difficulty"), ("by_product_type", "product_type")):
+        table = _metrics_table(work, name)
+        if len(table) and "exact_match" in table.columns:
+            values = [m for m in ("exact_match", "token_f1", "bertscore_f1") if m in table.columns]
+            full.append(_details(f"{name}.csv (n, {', '.join(values)})", _html_table(table.pivot_table(index=index, columns="run", values=["n", *values]))))
+    by_frac = _metrics_table(work, "by_frac")
+    if len(by_frac) and "exact_match" in by_frac.columns:
+        full.append(_details("by_frac.csv (exact match per model, kind and sample fraction)",
+                             _html_table(by_frac.pivot_table(index="frac", columns=["model", "kind"], values="exact_match"))))
+    return full
+
+
 def _vqa_sections(work: Path, compare: bool, n_boot: int, run: str | None = None) -> tuple[list[str], set]:
     "The VQA part of the report, in reading order, and the figure names it placed."
     summary, by_qtype = _read_metrics(work)
@@ -873,14 +965,7 @@ def _vqa_sections(work: Path, compare: bool, n_boot: int, run: str | None = None
     parts += ["<h2>Where each run is right</h2>", fig("qtype_accuracy"), fig("difficulty_accuracy"), fig("product_type_accuracy"),
               fig("model_comparison")]
     if results:
-        tables = []
-        for r in results:
-            test = r.get("mcnemar")
-            mc = f" McNemar on exact match ({test['method']}): {test['a_only']} vs {test['b_only']} discordant, p = {test['p_mcnemar']:.3g}." if test else ""
-            tables.append(f"<h3>{html.escape(r['run_b'])} vs {html.escape(r['run_a'])}</h3><p>{r['n']} shared questions; delta = "
-                          f"{html.escape(r['run_b'])} − {html.escape(r['run_a'])} with its paired-bootstrap 95% interval and p-value.{mc}</p>"
-                          + _html_table(comparison_table(r), index=False))
-        parts += ["<h2>Paired differences</h2>", fig("paired_differences"), _details(f"Full tables ({len(results)} pairs)", "".join(tables))]
+        parts += ["<h2>Paired differences</h2>", fig("paired_differences"), _details(f"Full tables ({len(results)} pairs)", _paired_tables(results))]
     focus = run or focus_run(summary)
     parts += [f"<h2>Seed 000's five analyses: {html.escape(focus)}</h2>",
               "<p>As seed 000 drew them for its fine-tuned BLIP, here for the best fine-tuned run (its base beside it where it helps).</p>",
@@ -897,34 +982,12 @@ def _vqa_sections(work: Path, compare: bool, n_boot: int, run: str | None = None
     training = _training_table(work)
     if len(training) or (figures / "training_curves.png").exists():
         parts += ["<h2>Training</h2>", fig("training_curves")] + ([_html_table(training, index=False)] if len(training) else [])
-    qa_path = work / "qa" / "qa.parquet"
-    if qa_path.exists():
-        qa = pd.read_parquet(qa_path)
-        parts += [f"<h2>Questions</h2><p>{len(qa):,} questions by type and split" + (" and by difficulty" if "difficulty" in qa else "") + ".</p>",
-                  _html_table(qa.groupby(["qtype", "split"]).size().unstack(fill_value=0))]
-        if "difficulty" in qa.columns:
-            parts.append(_html_table(qa.groupby(["difficulty", "split"]).size().unstack(fill_value=0)))
-        try:
-            from abovqa.quality import quality_table
-            quality = quality_table(work)
-            parts += ["<p>Answers checked against the listing metadata (shares of generated pairs per type):</p>", _html_table(quality, index=False)]
-        except (FileNotFoundError, KeyError, ValueError):
-            pass  # questions from before the checks existed: nothing to show
+    parts += _question_section(work)
     skipped_path = metrics_dir / "skipped.json"
     skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else {}
     if skipped:
         parts += ["<h2>Not computed</h2>", _html_table(pd.DataFrame({"metric": list(skipped), "reason": list(skipped.values())}), index=False)]
-    full = [_details("Every metric per run (summary.csv)", _html_table(summary.set_index("run").loc[ordered_runs(summary)].reset_index(), index=False))]
-    for name, index in (("by_qtype", "qtype"), ("by_difficulty", "difficulty"), ("by_product_type", "product_type")):
-        table = _metrics_table(work, name)
-        if len(table) and "exact_match" in table.columns:
-            values = [m for m in ("exact_match", "token_f1", "bertscore_f1") if m in table.columns]
-            full.append(_details(f"{name}.csv (n, {', '.join(values)})", _html_table(table.pivot_table(index=index, columns="run", values=["n", *values]))))
-    by_frac = _metrics_table(work, "by_frac")
-    if len(by_frac) and "exact_match" in by_frac.columns:
-        full.append(_details("by_frac.csv (exact match per model, kind and sample fraction)",
-                             _html_table(by_frac.pivot_table(index="frac", columns=["model", "kind"], values="exact_match"))))
-    parts += ["<h2>Full tables</h2>"] + full
+    parts += ["<h2>Full tables</h2>"] + _full_tables(work, summary)
     return parts, placed
 
 

@@ -274,3 +274,25 @@ def test_parsing_in_worker_processes_matches_the_reference(damaged, tmp_path, mo
     monkeypatch.setattr(abo, "_parse_in_processes", lambda *a: used.append(a) or real(*a))
     name, kwargs = fp.DAMAGED[1]
     assert fp.run_case(damaged, tmp_path, dict(kwargs, workers=2, listings_cache=False)) == REFERENCE[name] and used
+
+
+def test_holdout_types_moves_whole_product_types_to_the_ood_split(sample, tmp_path):
+    from abovqa.curate import OOD_SPLIT, pick_holdout_types
+    stats = curate(sample, tmp_path, preset="balanced", image_check=False, holdout_types=1)
+    kept, dropped, _ = read(tmp_path)[:3]
+    held = stats["notes"]["holdout_types"]
+    assert len(held) == 1 and stats["params"]["holdout_types"] == 1
+    assert (kept.product_type == held[0]).sum() > 0 and set(kept.loc[kept.product_type == held[0], "split"]) == {OOD_SPLIT}
+    assert held[0] not in set(kept.loc[kept.split.isin(["train", "val", "test"]), "product_type"]), "no held-out item in train/val/test"
+    assert stats["splits"][OOD_SPLIT] == (kept.split == OOD_SPLIT).sum() and {"train", "val", "test"} <= set(kept.split)
+    for col in ("image_id", "item_id", "group_id"):
+        assert kept.groupby(col).split.nunique().max() == 1, f"{col} in two splits"
+    assert len(kept) + len(dropped) == stats["steps"]["listings_read"]
+    # the same seed holds out the same type for any preset; another seed may pick another
+    again = curate(sample, tmp_path / "b", preset="seed002", image_check=False, holdout_types=1)
+    assert again["notes"]["holdout_types"] == held
+    from abovqa.abo import find_abo_files, load_listings
+    listings = load_listings(find_abo_files(sample))
+    assert held == pick_holdout_types(listings.product_type, listings.item_id, 1, seed=42)  # the rule counts every listing read
+    with pytest.raises(ValueError, match="product types have 10 items or more"):
+        curate(sample, tmp_path / "c", preset="balanced", image_check=False, holdout_types=50)

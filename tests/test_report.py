@@ -133,3 +133,25 @@ def test_the_report_reads_at_1280_px_in_a_browser(study, tmp_path):
     assert int(seen["scroll-width"]) <= 1280, f"the page is {seen['scroll-width']} px wide"
     assert int(seen["images"]) == page.count("<img") >= len(FIGURE_ORDER) - 2 and seen["broken"] == "0"
     assert seen["first-table"] == "leaderboard" and seen["board-fits"] == "true"
+
+
+def test_the_leaderboard_shows_the_ood_split_as_its_own_column(study):
+    "Questions of the held-out product types (curate's holdout_types: split test_ood) get their own exact-match column."
+    from abovqa.curate import OOD_SPLIT
+    board = leaderboard(study, n_boot=50)
+    assert not any("ood" in c for c in board.columns)
+    page = write_report(study, compare=False, n_boot=50).read_text()
+    assert "exact match (ood)" not in page, "absent when the study has no OOD split"
+    qa = pd.read_parquet(study / "qa" / "qa.parquet")
+    qa.loc[(qa["item_id"] == "i1") & (qa["split"] == "test"), "split"] = OOD_SPLIT  # one product's test questions, now out of distribution
+    atomic_write_parquet(qa, study / "qa" / "qa.parquet")
+    evaluate(study, semantic=False, bertscore_model=None, wordnet=False, n_boot=50, verbose=False)
+    board = leaderboard(study, n_boot=50).set_index("run")
+    n_ood = (qa["split"] == OOD_SPLIT).sum()
+    assert (board["n_ood"] == n_ood).all() and board["exact_match_ood"].between(0, 1).all()
+    scored = pd.read_parquet(study / "metrics" / "blip-lora.parquet")
+    assert board.loc["blip-lora", "exact_match_ood"] == pytest.approx(scored.loc[scored["split"] == OOD_SPLIT, "exact_match"].mean())
+    assert board.loc["blip-lora", "exact_match_ood_lo"] <= board.loc["blip-lora", "exact_match_ood"] <= board.loc["blip-lora", "exact_match_ood_hi"]
+    page = write_report(study, compare=False, n_boot=50).read_text()
+    head = page[page.index("<table class='board'"):page.index("</thead>")]
+    assert "exact match (ood)" in head and f"n={n_ood:,} " in page
