@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from .core import atomic_write_parquet, atomic_write_text, content_hash
-from .metrics import vqa_normalize
-from .qagen import images_root_of, verify_answer
+from .gen import images_root_of
+from .qagen import verify_answer
+from .text import vqa_normalize
 
 
 # %% auto #0
