@@ -29,7 +29,7 @@ __all__ = ['SEED001_FIELDS', 'BACKENDS', 'QA_COLUMNS', 'QARequest', 'QALog', 'Pr
 # %% ../nbs/03a_gen.ipynb #fda817e3
 @dataclass(frozen=True)
 class QARequest:
-    "One image to write questions for, with the metadata a backend may use."
+    "One image to generate for (its questions or its caption), with the metadata a backend may use."
     image_id: str
     image_path: str
     item_id: str
