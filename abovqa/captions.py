@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from .core import atomic_write_parquet, content_hash
+from .gen import (BACKENDS, QA_COLUMNS, Prompt, QALog, QARequest, build_requests, get_backend, images_root_of, load_listings,
+                        pending_requests, run_request, run_requests, source_of)
 from .models import caption_text
-from .qagen import (QA_COLUMNS, Prompt, QALog, QARequest, build_requests, get_backend, images_root_of, load_listings,
-                          pending_requests, run_request, run_requests, source_of)
+from .text import words
 
 # %% auto #0
 __all__ = ['CAPTION_TASK_DIR', 'CAPTION_QUESTION', 'CAPTION_WORD_RANGE', 'METADATA_CAPTION_VERSION', 'CAPTION_PROMPTS',
@@ -27,7 +28,6 @@ CAPTION_TASK_DIR = "captions"
 CAPTION_QUESTION = "Describe this product in one sentence."
 CAPTION_WORD_RANGE = (15, 30)  # seed 004's window at inference
 METADATA_CAPTION_VERSION = "m1"
-_WORDS = re.compile(r"[a-z0-9]+")
 
 
 def _clean(value) -> str:
@@ -46,8 +46,8 @@ def bullet_points(listing: dict) -> list[str]:
 
 
 def _new_words(text: str, seen: set) -> float:
-    words = _WORDS.findall(text.lower())
-    return sum(w not in seen for w in words) / len(words) if words else 0.0
+    found = words(text)
+    return sum(w not in seen for w in found) / len(found) if found else 0.0
 
 
 def metadata_caption(listing: dict, max_words: int = CAPTION_WORD_RANGE[1]) -> str | None:
@@ -66,12 +66,12 @@ def metadata_caption(listing: dict, max_words: int = CAPTION_WORD_RANGE[1]) -> s
         parts.append(f"made of {material.lower()}")
     if pattern and pattern.lower() not in ("solid", "plain"):
         parts.append(f"with a {pattern.lower()} pattern")
-    seen = set(_WORDS.findall(" ".join(parts).lower()))
+    seen = set(words(" ".join(parts)))
     for bullet in bullet_points(listing):
         candidate = ", ".join(parts + [bullet[0].lower() + bullet[1:]])
         if _new_words(bullet, seen) >= 0.5 and len(candidate.split()) <= max_words:
             parts.append(bullet[0].lower() + bullet[1:])
-            seen |= set(_WORDS.findall(bullet.lower()))
+            seen |= set(words(bullet))
     return ", ".join(parts).rstrip(".") + "."
 
 # %% ../nbs/04b_captions.ipynb #5729c640
@@ -156,16 +156,11 @@ class MetadataCaptionBackend:
 
 
 def get_caption_backend(backend="metadata", model: str | None = None, prompt: str | None = None, **options):
-    "A reference-caption backend: 'metadata', 'gemini' or 'hf' (the question backends with a caption prompt), or a callable."
-    if callable(backend):
-        return backend
-    if backend in ("metadata", "template"):
-        if options:
-            raise TypeError(f"the metadata backend takes no options: {sorted(options)}")
-        return MetadataCaptionBackend(model=model, prompt=prompt)
-    if backend in ("gemini", "hf"):
-        return get_backend(backend, model=model, prompt=get_caption_prompt(prompt), **options)
-    raise ValueError(f"unknown caption backend {backend!r}; known: metadata, gemini, hf")
+    "A reference-caption backend: 'metadata' (offline), a model backend of `gen.BACKENDS` ('gemini', 'hf') given a caption prompt, or a callable."
+    if isinstance(backend, str) and backend in BACKENDS:
+        prompt = get_caption_prompt(prompt)
+    return get_backend(backend, model, prompt, offline={"metadata": MetadataCaptionBackend, "template": MetadataCaptionBackend},
+                       task="caption", **options)
 
 # %% ../nbs/04b_captions.ipynb #7a070d05
 def captions_dir(work) -> Path:

@@ -15,76 +15,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .captions import load_captions
 from .core import atomic_write_parquet, atomic_write_text, content_hash, file_fingerprint
+from .text import ANSWER_FORMS, answer_form, answer_words, is_hedged, vqa_normalize
 
 # %% auto #0
-__all__ = ['VQA_CONTRACTIONS', 'VQA_NUMBER_WORDS', 'VQA_ARTICLES', 'VQA_PUNCTUATION', 'BERTSCORE_HUB_MODEL', 'WORDNET_LEXNAMES',
-           'DEBIAN_WORDNET', 'HEDGES', 'ANSWER_FORMS', 'BLIND_RUNS', 'LEXICAL_METRICS', 'WORDNET_METRICS',
+__all__ = ['BERTSCORE_HUB_MODEL', 'WORDNET_LEXNAMES', 'DEBIAN_WORDNET', 'BLIND_RUNS', 'LEXICAL_METRICS', 'WORDNET_METRICS',
            'MODEL_METRICS', 'BOUNDED_METRICS', 'QA_COLUMNS', 'DIFFICULTIES', 'CAPTION_ONLY_METRICS',
-           'CAPTION_WORD_RANGE', 'CAPTION_SUMMARY_METRICS', 'vqa_normalize', 'exact_match', 'vqa_accuracy', 'token_f1',
+           'CAPTION_WORD_RANGE', 'CAPTION_SUMMARY_METRICS', 'exact_match', 'vqa_accuracy', 'token_f1',
            'word_overlap_f1', 'rouge_1', 'rouge_l', 'bleu', 'packaged_minilm_path', 'semantic_cosine', 'hub_reachable',
            'resolve_bertscore_model', 'bertscore', 'bertscore_f1', 'ensure_wordnet', 'meteor', 'wup_words', 'wups',
            'tiny_bart_path', 'bart_loglik', 'bart_score', 'bootstrap_means', 'bootstrap_ci', 'paired_bootstrap',
-           'mcnemar', 'answer_words', 'answer_form', 'is_hedged', 'answer_forms', 'blind_predictions',
-           'score_predictions', 'metric_columns', 'summarize', 'run_task', 'evaluate', 'format_summary', 'compare_runs',
-           'comparison_table', 'metric_correlation', 'caption_tokens', 'sentence_count', 'cider_d', 'corpus_bleu4',
-           'sentence_bleu4', 'score_captions', 'evaluate_captions']
-
-# %% ../nbs/07_metrics.ipynb #45cb5378
-VQA_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
-    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't", "hed": "he'd", "hed've": "he'd've",
-    "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've",
-    "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
-    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
-    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
-    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've",
-    "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
-    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
-    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
-    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
-    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd", "thered've": "there'd've",
-    "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
-    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
-    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
-    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
-    "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
-    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
-    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
-    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've",
-    "youll": "you'll", "youre": "you're", "youve": "you've",
-}
-VQA_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-VQA_ARTICLES = ("a", "an", "the")
-VQA_PUNCTUATION = (";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: the official look-behind typo
-_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
-
-
-def _process_punctuation(text: str) -> str:
-    out = text
-    for p in VQA_PUNCTUATION:
-        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out, re.UNICODE)  # sic: re.UNICODE lands in `count` (at most 32 periods)
-
-
-def _process_digit_article(text: str) -> str:
-    words = [VQA_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    words = [w for w in words if w not in VQA_ARTICLES]
-    return " ".join(VQA_CONTRACTIONS.get(w, w) for w in words)
-
-
-def vqa_normalize(text) -> str:
-    "An answer as the official VQA evaluation compares it: whitespace, punctuation, number words, articles, contractions."
-    if text is None or (isinstance(text, float) and np.isnan(text)):
-        return ""
-    text = str(text).replace("\n", " ").replace("\t", " ").strip()
-    return _process_digit_article(_process_punctuation(text))
+           'mcnemar', 'answer_forms', 'blind_predictions', 'score_predictions', 'metric_columns', 'summarize',
+           'run_task', 'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'metric_correlation',
+           'caption_tokens', 'sentence_count', 'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions',
+           'evaluate_captions']
 
 # %% ../nbs/07_metrics.ipynb #97ca4938
 def exact_match(pred, ref) -> float:
@@ -125,14 +70,15 @@ def word_overlap_f1(pred, ref) -> float:
     return 0.0 if common == 0 else 2 * common / (len(p) + len(r))
 
 
-_ROUGE = {}
+@functools.lru_cache(maxsize=4)
+def _rouge_scorer(kind: str):
+    "One scorer per kind, built once: building it loads nltk's stemmer."
+    from rouge_score import rouge_scorer
+    return rouge_scorer.RougeScorer([kind])
 
 
 def _rouge(pred, ref, kind: str) -> float:
-    if kind not in _ROUGE:  # one scorer per kind: building it loads nltk's stemmer
-        from rouge_score import rouge_scorer
-        _ROUGE[kind] = rouge_scorer.RougeScorer([kind])
-    return float(_ROUGE[kind].score(vqa_normalize(ref), vqa_normalize(pred))[kind].fmeasure)
+    return float(_rouge_scorer(kind).score(vqa_normalize(ref), vqa_normalize(pred))[kind].fmeasure)
 
 
 def rouge_1(pred, ref) -> float:
@@ -483,33 +429,6 @@ def mcnemar(a_right, b_right, exact_below: int = 25) -> dict:
     return {"a_only": a_only, "b_only": b_only, "method": "chi2", "statistic": float(chi2), "p_mcnemar": float(stats.chi2.sf(chi2, 1))}
 
 # %% ../nbs/07_metrics.ipynb #dd2f94d9
-HEDGES = ("probably", "possibly", "perhaps", "maybe", "likely", "unlikely", "appears", "appear", "seems", "seem",
-          "looks like", "might", "could be", "may be", "i think", "i believe", "not sure", "uncertain", "approximately", "about")
-_HEDGE_RE = re.compile(r"\b(" + "|".join(re.escape(h) for h in HEDGES) + r")\b", re.IGNORECASE)
-_WORD_RE = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
-ANSWER_FORMS = ("empty", "single_word", "phrase", "sentence")
-
-
-def answer_words(text) -> list[str]:
-    "The words of an answer (letters/digits, inner apostrophes and hyphens kept)."
-    return _WORD_RE.findall(str(text or ""))
-
-
-def answer_form(text) -> str:
-    "'empty', 'single_word', 'phrase' (2-3 words) or 'sentence' (4+ words, or 2+ ending in . ! ?)."
-    words = answer_words(text)
-    if not words:
-        return "empty"
-    if len(words) == 1:
-        return "single_word"
-    return "sentence" if len(words) >= 4 or str(text).strip()[-1] in ".!?" else "phrase"
-
-
-def is_hedged(text) -> bool:
-    "True when the answer carries a qualifier such as 'probably', 'appears', 'likely', 'seems'."
-    return bool(_HEDGE_RE.search(str(text or "")))
-
-
 def answer_forms(scored: pd.DataFrame, by: str = "run") -> pd.DataFrame:
     "Per `by` group: n, the share of each answer form, the share hedged and the mean word count."
     table = scored.assign(form=pd.Categorical(scored["form"], ANSWER_FORMS))
@@ -900,7 +819,6 @@ def score_captions(preds: pd.DataFrame, captions: pd.DataFrame, semantic=None, b
 def evaluate_captions(work, runs: list[str] | None = None, semantic=None, bertscore_model: str | None = None, wordnet: bool = True,
                       n_boot: int = 1000, seed: int = 0, verbose: bool = True) -> pd.DataFrame:
     "Score caption runs (default: every run whose run.json says task 'caption'); write metrics/<run>.parquet and captions_summary.csv."
-    from abovqa.captions import load_captions
     work = Path(work)
     if runs is None:
         runs = [p.stem for p in sorted((work / "predictions").glob("*.parquet")) if run_task(work, p.stem) == "caption"]

@@ -7,39 +7,31 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import re
-import threading
-import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .core import atomic_write_parquet, content_hash
-from .metrics import vqa_normalize
+from .gen import (BACKENDS, QA_COLUMNS, Prompt, QALog, QARequest, build_requests, images_root_of, load_listings,
+                        pending_requests, run_request, run_requests, source_of)
+from .gen import get_backend as get_named_backend
+from .text import LEADING_ARTICLE, NUMBER_WORDS, vqa_normalize, words
 
 # %% auto #0
 __all__ = ['QTYPES', 'DIFFICULTY', 'QTYPE_ALIASES', 'LEVELS', 'TEMPLATE_VERSION', 'TEMPLATES', 'BASIC_COLORS', 'COLOR_SYNONYMS',
-           'SEED001_FIELDS', 'PROMPTS', 'DEFAULT_PROMPT', 'FAULTS', 'VERIFIED', 'COLOR_WORDS', 'MATERIAL_WORDS',
-           'SHAPE_WORDS', 'PATTERN_WORDS', 'WORD_SYNONYMS', 'OPEN_VALUES', 'TYPE_NOUNS', 'FIELD_VOCABS', 'FIELDS',
-           'QUESTION_FILLER', 'OPTION_VOCAB', 'QA_COLUMNS', 'REJECTED_COLUMNS', 'clean_answer', 'infer_qtype',
-           'rejection_reason', 'clean_options', 'validate_pairs', 'parse_pairs', 'QARequest', 'parts_count',
-           'TemplateBackend', 'get_backend', 'Prompt', 'prompt_fields', 'seed001_metadata', 'get_prompt',
-           'QuotaExhausted', 'gemini_api_keys', 'TokenBucket', 'KeySlot', 'KeyPool', 'GeminiBackend', 'GeminiStandIn',
-           'HFBackend', 'QALog', 'verify_answer', 'question_terms', 'question_similarity', 'is_near_duplicate',
-           'check_pairs', 'run_request', 'source_of', 'add_options', 'compile_qa', 'load_listings', 'build_requests',
-           'images_root_of', 'failure_counts', 'run_requests', 'pending_requests', 'generate']
+           'PROMPTS', 'DEFAULT_PROMPT', 'VERIFIED', 'COLOR_WORDS', 'MATERIAL_WORDS', 'SHAPE_WORDS', 'PATTERN_WORDS',
+           'WORD_SYNONYMS', 'OPEN_VALUES', 'TYPE_NOUNS', 'FIELD_VOCABS', 'FIELDS', 'QUESTION_FILLER', 'OPTION_VOCAB',
+           'REJECTED_COLUMNS', 'clean_answer', 'infer_qtype', 'rejection_reason', 'clean_options', 'validate_pairs',
+           'parse_pairs', 'parts_count', 'TemplateBackend', 'get_backend', 'get_prompt', 'verify_answer',
+           'question_terms', 'question_similarity', 'is_near_duplicate', 'check_pairs', 'run_question_request',
+           'add_options', 'compile_qa', 'generate']
 
 # %% ../nbs/04_qagen.ipynb #e5e6e106
 QTYPES = ("color", "material", "shape", "pattern", "count", "yesno", "brand", "text", "type", "comparison", "other")
 DIFFICULTY = {"color": "easy", "yesno": "easy", "type": "easy", "shape": "medium", "count": "medium",
               "material": "medium", "pattern": "medium", "brand": "hard", "text": "hard", "comparison": "hard", "other": "medium"}
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())}
-_WORD = re.compile(r"[a-z0-9]+")
-_LEADING_ARTICLE = re.compile(r"^(?:a|an|the)\s+")
 QTYPE_ALIASES = {"colour": "color", "colors": "color", "colours": "color", "yes/no": "yesno", "yes_no": "yesno", "yes-no": "yesno",
                  "boolean": "yesno", "binary": "yesno", "counting": "count", "number": "count", "quantity": "count",
                  "product type": "type", "product_type": "type", "category": "type", "object": "type", "materials": "material",
@@ -49,9 +41,9 @@ QTYPE_ALIASES = {"colour": "color", "colors": "color", "colours": "color", "yes/
 def clean_answer(answer, qtype: str = "other") -> str:
     "Lower-cased, trimmed, without wrapping quotes, final punctuation or a leading article; number words become digits for counts."
     text = " ".join(str(answer if answer is not None else "").split()).lower().strip(" \"'`.!?,;:")
-    text = _LEADING_ARTICLE.sub("", text)  # "A chair." is the one-word answer "chair" (the VQA normalization drops articles too)
+    text = LEADING_ARTICLE.sub("", text)  # "A chair." is the one-word answer "chair" (the VQA normalization drops articles too)
     if qtype == "count":
-        text = _NUMBER_WORDS.get(text, text)
+        text = NUMBER_WORDS.get(text, text)
     return text
 
 
@@ -80,7 +72,7 @@ def infer_qtype(question: str, answer=None) -> str:
     for qtype, cue in _QTYPE_CUES:
         if re.search(cue, q):
             return qtype
-    return "count" if a.isdigit() or a in _NUMBER_WORDS else "other"
+    return "count" if a.isdigit() or a in NUMBER_WORDS else "other"
 
 
 def rejection_reason(question: str, answer: str, qtype: str) -> str | None:
@@ -97,7 +89,7 @@ def rejection_reason(question: str, answer: str, qtype: str) -> str | None:
         return "answer not alphabetic"
     if qtype == "yesno":
         return None if answer in {"yes", "no"} else "yes/no answer not yes or no"
-    if qtype != "comparison" and answer in _WORD.findall(question.lower()):  # a comparison names what it compares
+    if qtype != "comparison" and answer in words(question):  # a comparison names what it compares
         return "answer given away in the question"
     return None
 
@@ -240,24 +232,6 @@ def parse_pairs(text: str) -> list[dict]:
             return pairs
     return []
 
-# %% ../nbs/04_qagen.ipynb #db67adfa
-@dataclass(frozen=True)
-class QARequest:
-    "One image to write questions for, with the metadata a backend may use."
-    image_id: str
-    image_path: str
-    item_id: str
-    split: str
-    listing: dict = field(hash=False, compare=False)
-    backend: str = "template"
-    model: str | None = None
-    prompt_version: str = ""
-    seed: int = 42
-
-    @property
-    def key(self) -> str:
-        return content_hash(self.image_id, self.prompt_version, self.backend, self.model, self.seed)
-
 # %% ../nbs/04_qagen.ipynb #6199dae8
 TEMPLATE_VERSION = "v1"
 TEMPLATES = {
@@ -327,77 +301,13 @@ class TemplateBackend:
         return pairs
 
 
-def get_backend(backend="template", model: str | None = None, prompt: str | None = None, **options):
-    "A backend instance by name, or `backend` itself when it is already a callable backend."
-    if callable(backend):
-        return backend
-    if backend == "template":
-        if options:
-            raise TypeError(f"the template backend takes no options: {sorted(options)}")
-        return TemplateBackend(model=model, prompt=prompt)
-    if backend == "gemini":
-        return GeminiBackend(model=model, prompt=prompt, **options)
-    if backend == "hf":
-        return HFBackend(model=model, prompt=prompt, **options)
-    raise ValueError(f"unknown question backend {backend!r}; known: template, gemini, hf")
+def get_backend(backend="template", model: str | None = None, prompt: str | Prompt | None = None, **options):
+    "A question backend: 'template' (offline), a model backend of `gen.BACKENDS` ('gemini', 'hf') given a question prompt, or a callable."
+    if isinstance(backend, str) and backend in BACKENDS:
+        prompt = get_prompt(prompt)
+    return get_named_backend(backend, model, prompt, offline={"template": TemplateBackend}, task="question", **options)
 
 # %% ../nbs/04_qagen.ipynb #e05ad812
-@dataclass(frozen=True)
-class Prompt:
-    "A versioned prompt: `id` goes into each question's source; `{field}`s are filled from the listing."
-    id: str
-    text: str
-    max_output_tokens: int = 256
-    origin: str = ""
-
-    def render(self, listing: dict) -> str:
-        fields = prompt_fields(listing)
-        text = re.sub(r"\{(\w+)\}", lambda m: fields.get(m.group(1), m.group(0)), self.text)
-        # a prompt that places no listing field itself (a user's free text) gets the metadata block under it
-        return text if re.search(r"\{\w+\}", self.text) else f"{text}\n\nMetadata:\n{fields['metadata']}"
-
-
-def _text(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-def prompt_fields(listing: dict) -> dict:
-    "The listing's values as prompt text, and a `metadata` block of every non-empty one."
-    labels = {"name": "Name", "product_type": "Type", "brand": "Brand", "color": "Color", "material": "Material", "shape": "Shape",
-              "pattern": "Pattern", "style": "Style", "n_parts": "Number of parts", "keywords": "Keywords"}
-    fields = {key: _text(listing.get(key)) for key in labels}
-    if _text(listing.get("color_standardized")):
-        fields["color"] = _text(listing.get("color_standardized"))
-    fields["metadata"] = "\n".join(f"- {label}: {fields[key]}" for key, label in labels.items() if fields[key])
-    fields["seed001_metadata"] = seed001_metadata(listing)
-    return fields
-
-
-# seed 001's 12 ABO attributes, in its order, and the curated column each is in
-SEED001_FIELDS = (("bullet_point", "bullet_points"), ("color", "color"), ("product_type", "product_type"),
-                  ("fabric_type", "fabric_type"), ("finish_type", "finish_type"), ("item_keywords", "keywords"),
-                  ("item_name", "name"), ("item_shape", "shape"), ("material", "material"), ("pattern", "pattern"),
-                  ("product_description", "description"), ("style", "style"))
-_METADATA_LINE = {"bullet_points": "bullet points", "description": "description"}  # kept only in metadata_text by curation
-
-
-def seed001_metadata(listing: dict) -> str:
-    "Seed 001's metadata string: one line per attribute the listing has (its 12, in its order), several values comma-joined."
-    lines = []
-    for attribute, column in SEED001_FIELDS:
-        value = _text(listing.get(column))
-        if not value and column in _METADATA_LINE:
-            found = re.search(rf"(?m)^{_METADATA_LINE[column]}: (.*)$", _text(listing.get("metadata_text")))
-            value = found.group(1).strip() if found else ""
-        if value:
-            lines.append(f"{attribute}: {value}")
-    return "\n".join(lines)
-
-
 PROMPTS = {p.id: p for p in [
     Prompt("seed000-v1", origin="seed 000, section 2.5 (Gemini 2.0 Flash)", text="""\
 I need you to generate 3 diverse Visual Question Answering (VQA) pairs for this product image.
@@ -485,457 +395,6 @@ def get_prompt(prompt: str | Prompt | None = None) -> Prompt:
     if len(prompt.split()) < 4:
         raise ValueError(f"unknown prompt id {prompt!r}; known: {sorted(PROMPTS)} (or pass the prompt's full text)")
     return Prompt(f"custom-{content_hash(prompt, n=8)}", prompt, origin="user")
-
-# %% ../nbs/04_qagen.ipynb #e3fc4e13
-class QuotaExhausted(RuntimeError):
-    "Every API key is out of quota for this session: stop cleanly, the next run continues."
-
-
-def gemini_api_keys() -> list[str]:
-    "API keys from $GEMINI_API_KEY (comma-separated), $GOOGLE_API_KEY, Kaggle Secrets or Colab userdata; [] when none."
-    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        if keys := [k.strip() for k in os.environ.get(name, "").split(",") if k.strip()]:
-            return keys
-    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
-        value = None
-        try:  # Kaggle: Add-ons > Secrets
-            from kaggle_secrets import UserSecretsClient
-            value = UserSecretsClient().get_secret(name)
-        except Exception:  # not on Kaggle, or no such secret
-            try:  # Colab: the key icon in the sidebar
-                from google.colab import userdata
-                value = userdata.get(name)
-            except Exception:
-                pass
-        if keys := [k.strip() for k in (value or "").split(",") if k.strip()]:
-            return keys
-    return []
-
-
-class TokenBucket:
-    "`rate` tokens a second up to `capacity`; `reserve()` takes one and says how long to wait for it (thread-safe)."
-
-    def __init__(self, rate: float, capacity: float = 1.0, clock=time.monotonic):
-        self.rate, self.capacity, self.clock = rate, capacity, clock
-        self.tokens, self.updated = capacity, clock()
-        self.lock = threading.Lock()
-
-    def _refill(self, now):
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def wait(self) -> float:
-        "Seconds until a token is free (takes none)."
-        with self.lock:
-            self._refill(self.clock())
-            return max(0.0, (1 - self.tokens) / self.rate)
-
-    def reserve(self) -> float:
-        "Take a token now, or the next free one: the seconds to wait before using it."
-        with self.lock:
-            self._refill(self.clock())
-            self.tokens -= 1
-            return max(0.0, -self.tokens / self.rate)
-
-
-class KeySlot:
-    "One API key: its client, its buckets, and whether it is retired for this session."
-
-    def __init__(self, index: int, client, buckets: list[TokenBucket]):
-        self.index, self.client, self.buckets, self.retired = index, client, buckets, None
-        self.paused_until = 0.0  # a 429's Retry-After holds the key for every worker
-
-    def wait(self) -> float:
-        return max([self.paused_until - time.monotonic(), 0.0] + [b.wait() for b in self.buckets])
-
-    def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
-
-
-class KeyPool:
-    "Hands each request the key that is free soonest, paced by that key's buckets; raises QuotaExhausted when all are retired."
-
-    def __init__(self, slots: list[KeySlot], max_wait: float = 900.0):
-        self.slots, self.max_wait, self.lock = slots, max_wait, threading.Lock()
-
-    def acquire(self) -> KeySlot:
-        while True:
-            with self.lock:
-                live = [s for s in self.slots if not s.retired]
-                if not live:
-                    raise QuotaExhausted("every API key is retired for this session: "
-                                         + "; ".join(f"key {s.index + 1}: {s.retired}" for s in self.slots))
-                slot = min(live, key=KeySlot.wait)
-                if (soonest := slot.wait()) > self.max_wait:
-                    slot.retired = f"its quota frees up only in {soonest:.0f} s"
-                    continue
-                delay = max([soonest] + [b.reserve() for b in slot.buckets])
-            time.sleep(delay)
-            return slot
-
-    def retire(self, slot: KeySlot, reason: str) -> None:
-        with self.lock:
-            slot.retired = slot.retired or reason
-
-
-def _transport_errors() -> tuple:
-    "Timeouts and dropped connections, from whichever HTTP client the SDK uses (httpx, or its fork httpx2)."
-    kinds = [TimeoutError, ConnectionError]
-    for module in ("httpx", "httpx2"):
-        try:
-            kinds.append(__import__(module).TransportError)
-        except (ImportError, AttributeError):
-            pass
-    return tuple(kinds)
-
-
-def _retry_after(error) -> float | None:
-    "Seconds the server asks us to wait: the Retry-After header, else Google's RetryInfo `retryDelay` in the body."
-    response = getattr(error, "response", None)
-    header = getattr(response, "headers", {}).get("retry-after") if response is not None else None
-    try:
-        if header is not None:
-            return max(0.0, float(header))
-    except ValueError:
-        pass
-    m = re.search(r"retryDelay['\"]?\s*:\s*['\"]?(\d+(?:\.\d+)?)s", str(getattr(error, "details", "") or error))
-    return float(m.group(1)) if m else None
-
-
-class GeminiBackend:
-    "Questions from Gemini (google-genai SDK): the image inline plus a versioned prompt; paced, retried, rotating keys."
-    name = "gemini"
-    flush_every = 1  # each reply cost a request: write it down before asking the next
-
-    def __init__(self, model: str | None = None, prompt: str | Prompt | None = None, workers: int = 4, rpm: float | None = 10,
-                 rpd: float | None = None, base_url: str | None = None, timeout: float = 60.0, max_retries: int = 6,
-                 initial_delay: float = 1.0, max_delay: float = 60.0, headroom: float = 0.02, max_wait: float = 900.0,
-                 temperature: float = 0.0, top_k: int = 1, top_p: float = 1.0, generation_seed: int = 42,
-                 max_output_tokens: int | None = None, images_root=None):
-        from google import genai
-        from google.genai import types
-        self.keys = gemini_api_keys()
-        if not self.keys:
-            raise RuntimeError("no Gemini API key: set GEMINI_API_KEY (several keys comma-separated) in the environment, "
-                               "or add it to Kaggle Secrets / Colab userdata; keys are never parameters")
-        self.model = model or "gemini-2.5-flash"
-        self.prompt = get_prompt(prompt)
-        self.prompt_version = self.prompt.id
-        self.workers, self.rpm, self.rpd = int(workers), rpm, rpd
-        self.timeout, self.max_retries, self.initial_delay, self.max_delay = timeout, max_retries, initial_delay, max_delay
-        self.base_url = base_url or os.environ.get("GEMINI_BASE_URL") or None
-        self.images_root = Path(images_root) if images_root else None
-        self._types = types
-        self.config = types.GenerateContentConfig(
-            temperature=temperature, top_k=top_k, top_p=top_p, seed=generation_seed,
-            max_output_tokens=max_output_tokens or self.prompt.max_output_tokens)
-        http_options = types.HttpOptions(base_url=self.base_url, api_version="v1beta", timeout=int(timeout * 1000),
-                                         retry_options=types.HttpRetryOptions(attempts=1))  # our retries, not the SDK's too
-        slots = []
-        for i, key in enumerate(self.keys):
-            buckets = []
-            if rpm:
-                buckets.append(TokenBucket(rpm * (1 - headroom) / 60.0, capacity=1.0))
-            if rpd:
-                buckets.append(TokenBucket(rpd / 86400.0, capacity=float(rpd)))
-            slots.append(KeySlot(i, genai.Client(api_key=key, http_options=http_options), buckets))
-        self.pool = KeyPool(slots, max_wait=max_wait)
-
-    def __repr__(self):  # never the keys
-        return f"GeminiBackend(model={self.model!r}, prompt={self.prompt_version!r}, workers={self.workers}, rpm={self.rpm}, keys={len(self.keys)})"
-
-    def bind(self, images_root) -> None:
-        "Where the curated image paths are relative to (generate() sets it from the curated stats)."
-        self.images_root = Path(images_root)
-
-    def redact(self, text):
-        "The text with every API key replaced by '[REDACTED]'."
-        if text is None:
-            return None
-        text = str(text)
-        for key in self.keys:
-            text = text.replace(key, "[REDACTED]")
-        return text
-
-    def _contents(self, request: QARequest) -> list:
-        if self.images_root is None:
-            raise RuntimeError("the gemini backend needs the images root: call bind(images_root) (generate() does)")
-        path = self.images_root / request.image_path
-        mime = {".png": "image/png", ".webp": "image/webp"}.get(path.suffix.lower(), "image/jpeg")
-        image = self._types.Part.from_bytes(data=path.read_bytes(), mime_type=mime)
-        return [image, self.prompt.render(request.listing)]
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        "Full-jitter exponential backoff, never shorter than the server's Retry-After."
-        return max(retry_after or 0.0, random.uniform(0, min(self.max_delay, self.initial_delay * 2 ** attempt)))
-
-    def __call__(self, request: QARequest) -> str:
-        from google.genai import errors
-        contents = self._contents(request)
-        last = None
-        for attempt in range(self.max_retries + 1):
-            slot = self.pool.acquire()
-            try:
-                reply = slot.client.models.generate_content(model=self.model, contents=contents, config=self.config)
-                text = reply.text
-                if not text:
-                    reasons = [str(getattr(c, "finish_reason", "")) for c in (reply.candidates or [])]
-                    raise ValueError(f"empty reply (finish reasons: {reasons or 'none'})")
-                return self.redact(text)
-            except errors.APIError as e:
-                last, code, message = e, e.code, str(e)
-                wait = _retry_after(e)
-                if code == 429 and re.search(r"per ?day|PerDay", message, re.I):
-                    self.pool.retire(slot, "daily quota spent")
-                elif code in (401, 403) or (code == 400 and "API key" in message):
-                    self.pool.retire(slot, f"refused ({code})")
-                elif code == 429:  # the key rests for every worker, and this request waits before it asks again
-                    slot.pause(delay := self._backoff(attempt, wait))
-                    time.sleep(delay)
-                elif code in (408, 500, 502, 503, 504):
-                    time.sleep(self._backoff(attempt, wait))
-                else:
-                    raise RuntimeError(self.redact(f"Gemini refused the request: {message}")) from None
-            except _transport_errors() as e:
-                last = e
-                time.sleep(self._backoff(attempt, None))
-        raise RuntimeError(self.redact(f"gave up after {self.max_retries + 1} attempts; last error: {type(last).__name__}: {last}")) from None
-
-# %% ../nbs/04_qagen.ipynb #7144a71e
-FAULTS = ("429", "500", "timeout", "malformed")
-
-
-class GeminiStandIn:
-    "A local generateContent server with quotas, latency and faults (stdlib only); a context manager."
-
-    def __init__(self, keys, rpm: float | None = None, rpd: int | None = None, window: float = 60.0, latency=(0.0, 0.0),
-                 faults: dict | None = None, retry_after: float = 1.0, hang: float = 5.0, every_time: bool = False, port: int = 0,
-                 reply=None):
-        self.keys, self.rpm, self.rpd, self.window = list(keys), rpm, rpd, window
-        self.latency, self.faults, self.retry_after, self.hang = latency, dict(faults or {}), retry_after, hang
-        self.every_time = every_time  # faults on every request of an image, not only its first
-        self.reply = reply or self.answer  # prompt -> reply text: another generator's style (a seed's untyped JSON, options...)
-        self.lock = threading.Lock()
-        self.log: list[dict] = []  # one entry per request: t, key (1-based number, 0 unknown), image, status, fault
-        self._seen: dict[str, int] = {}
-        self._recent: list[float] = []
-        self._per_key: dict[int, int] = {}
-        from http.server import ThreadingHTTPServer
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def fault_for(self, image: str) -> str | None:
-        "The fault an image meets on its first request: `faults` maps a kind to the fraction of images it hits."
-        position, start = int(image[:8], 16) % 1000 / 1000, 0.0
-        for kind in FAULTS:
-            share = self.faults.get(kind, 0.0)
-            if start <= position < start + share:
-                return kind
-            start += share
-        return None
-
-    @staticmethod
-    def answer(prompt: str) -> str:
-        "Questions from the metadata the prompt carries (as a chatty, fenced JSON reply); a caption when a caption is asked for."
-        def field(label):
-            m = re.search(rf"(?im)^\W*{label}:\s*(.+?)\s*$", prompt)
-            return m.group(1).strip() if m else None
-        color, kind = field("colou?r"), field("type")
-        if re.search(r"\bcaption\b", prompt, re.I):
-            thing = f"{(color or '').lower()} {(kind or 'product').replace('_', ' ').lower()}".strip()
-            return (f"Caption: A {thing} stands alone on a plain white background, photographed straight on "
-                    f"in soft even studio light for a product catalog.")
-        pairs = []
-        if color:
-            pairs += [{"question": "What is the main color of this product?", "answer": color, "type": "color"},
-                      {"question": f"Is this product {color.lower()}?", "answer": "yes", "type": "yesno"}]
-        if kind:
-            pairs.append({"question": "What kind of product is this?", "answer": kind.replace("_", " ").lower(), "type": "type"})
-        return "Here are the questions:\n```json\n" + json.dumps(pairs) + "\n```"
-
-    def _admit(self, key_no: int) -> tuple[int, str]:
-        "Quota check for one request: (status, message)."
-        with self.lock:
-            now = time.monotonic()
-            if self.rpd is not None:
-                if self._per_key.get(key_no, 0) >= self.rpd:
-                    return 429, "Quota exceeded for metric GenerateRequestsPerDayPerProjectPerModel-FreeTier"
-                self._per_key[key_no] = self._per_key.get(key_no, 0) + 1
-            if self.rpm is not None:
-                self._recent = [t for t in self._recent if t > now - self.window]
-                if len(self._recent) >= self.rpm:
-                    return 429, "Quota exceeded for metric GenerateRequestsPerMinutePerProjectPerModel"
-                self._recent.append(now)
-        return 200, ""
-
-    def _handler(self):
-        standin = self
-        from http.server import BaseHTTPRequestHandler
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet, and never logs headers
-                pass
-
-            def _send(self, status, body, headers=()):
-                data = json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in headers:
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (its timeout): nothing to answer
-                    pass
-
-            def _error(self, status, message, headers=()):
-                self._send(status, {"error": {"code": status, "message": message, "status": {429: "RESOURCE_EXHAUSTED",
-                           500: "INTERNAL", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND"}.get(status, "UNKNOWN")}}, headers)
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                key = self.headers.get("x-goog-api-key") or ""
-                key_no = standin.keys.index(key) + 1 if key in standin.keys else 0
-                parts = [p for c in body.get("contents", []) for p in c.get("parts", [])]
-                images = [p.get("inlineData") or p.get("inline_data") for p in parts if p.get("inlineData") or p.get("inline_data")]
-                prompt = "\n".join(p["text"] for p in parts if "text" in p)
-                image = content_hash(images[0]["data"] if images else "", prompt)  # what was asked: image and prompt
-                entry = {"t": time.monotonic(), "key": key_no, "image": image, "status": None, "fault": None,
-                         "config": body.get("generationConfig") or body.get("generation_config") or {}}
-                with standin.lock:
-                    standin.log.append(entry)
-                    first = standin._seen.get(image, 0) == 0
-                    standin._seen[image] = standin._seen.get(image, 0) + 1
-                if not re.fullmatch(r"/v1beta/models/[\w.\-]+:generateContent", self.path.split("?")[0]):
-                    entry["status"] = 404
-                    return self._error(404, f"no such method: {self.path}")
-                if not key_no:  # as Google does, the error names what it was sent
-                    entry["status"] = 400
-                    return self._error(400, f"API key not valid. Please pass a valid API key. (got {key!r})")
-                status, message = standin._admit(key_no)
-                if status != 200:
-                    entry["status"] = status
-                    return self._error(status, message, [("Retry-After", f"{standin.retry_after:g}")])
-                time.sleep(random.uniform(*standin.latency))
-                fault = standin.fault_for(image) if first or standin.every_time else None
-                entry["fault"] = fault
-                if fault == "429":
-                    entry["status"] = 429
-                    return self._error(429, "Resource has been exhausted (e.g. check quota).", [("Retry-After", f"{standin.retry_after:g}")])
-                if fault == "500":
-                    entry["status"] = 500
-                    return self._error(500, f"An internal error has occurred (request with key {key}).")  # a careless server echoes it
-                if fault == "timeout":
-                    entry["status"] = 504
-                    time.sleep(standin.hang)
-                    return self._error(504, "deadline exceeded")
-                text = "I'm sorry, I can't {read} that" if fault == "malformed" else standin.reply(prompt)
-                entry["status"] = 200
-                self._send(200, {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
-                                 "modelVersion": self.path.split("/")[-1].split(":")[0]})
-
-        return Handler
-
-    def counts(self, status: int | None = 200, fault=False) -> dict:
-        "Requests per image hash with that status (the malformed replies excluded unless `fault=True`)."
-        out = {}
-        for e in self.log:
-            if (status is None or e["status"] == status) and (fault or e["fault"] != "malformed"):
-                out[e["image"]] = out.get(e["image"], 0) + 1
-        return out
-
-# %% ../nbs/04_qagen.ipynb #ce41d67f
-class HFBackend:
-    "Questions from a local generative VLM of abovqa.models (Qwen2.5-VL, LLaVA, BLIP-2), one image at a time."
-    name = "hf"
-    workers, flush_every = 1, 4
-
-    def __init__(self, model: str | None = None, prompt: str | Prompt | None = None, size: str = "full",
-                 max_new_tokens: int | None = None, images_root=None, **adapter_options):
-        from abovqa.models import REGISTRY, get_adapter
-        name = model or "qwen2.5-vl-7b"
-        if name not in REGISTRY:
-            raise ValueError(f"unknown model {name!r}; known: {sorted(REGISTRY)}")
-        if REGISTRY[name].family in ("blip", "vilt", "clip", "blip_caption"):
-            raise ValueError(f"{name!r} answers questions but cannot write them: use a generative VLM (qwen2.5-vl-7b, llava-1.5-7b, ...)")
-        self.prompt = get_prompt(prompt)
-        self.prompt_version = self.prompt.id
-        # prompt style "bare": the generation prompt goes in as written
-        self.adapter = get_adapter(name, size, max_new_tokens=max_new_tokens or self.prompt.max_output_tokens, prompt="bare",
-                                   **adapter_options)
-        self.model = name if size == "full" else f"{name}-{size}"
-        self.images_root = Path(images_root) if images_root else None
-
-    def bind(self, images_root) -> None:
-        self.images_root = Path(images_root)
-
-    def __call__(self, request: QARequest) -> str:
-        from PIL import Image
-        if self.images_root is None:
-            raise RuntimeError("the hf backend needs the images root: call bind(images_root) (generate() does)")
-        with Image.open(self.images_root / request.image_path) as image:
-            item = {"image": image.convert("RGB"), "question": self.prompt.render(request.listing), "options": None}
-        return self.adapter.predict([item])[0]
-
-# %% ../nbs/04_qagen.ipynb #914d89ef
-class QALog:
-    "An append-only JSON-lines log of request records, tolerant of torn or malformed lines."
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.n_malformed = 0
-
-    def records(self) -> list[dict]:
-        "Every complete record, in log order (malformed lines are skipped and counted in `n_malformed`)."
-        self.n_malformed, out = 0, []
-        if not self.path.exists():
-            return out
-        with open(self.path, "rb") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    self.n_malformed += 1
-                    continue
-                if isinstance(record, dict) and "key" in record:
-                    out.append(record)
-                else:
-                    self.n_malformed += 1
-        return out
-
-    def done_keys(self) -> set[str]:
-        "Keys of requests that completed (a request whose backend raised is retried on the next run)."
-        return {r["key"] for r in self.records() if r.get("ok")}
-
-    def append(self, records: list[dict]) -> None:
-        "Append records as one write, then flush and fsync."
-        if not records:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
-        with open(self.path, "ab+") as f:
-            if f.tell() > 0:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    data = b"\n" + data  # end a torn line left by a kill
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
 # %% ../nbs/04_qagen.ipynb #4fba26e2
 VERIFIED = ("agrees", "contradicts", "unknown")
@@ -1209,36 +668,9 @@ OPTION_VOCAB = {
 }
 
 
-def run_request(backend, request: QARequest, parse=None, validate=None, what: str = "question/answer pairs") -> dict:
-    """Call the backend on one request and validate its output; the log record (errors are recorded, not raised; keys redacted).
-
-    `parse` (text -> items; default `parse_pairs`), `validate` (items -> (kept, rejected); default `validate_pairs`) and `what`
-    (the items' name in errors) let another task (captions) share the same loop; the record keeps its items under `pairs`."""
-    redact = getattr(backend, "redact", lambda text: text)
-    parse, validate = parse or parse_pairs, validate or validate_pairs
-    started = time.perf_counter()
-    record = {"key": request.key, "image_id": request.image_id, "image_path": request.image_path, "item_id": request.item_id,
-              "split": request.split, "backend": request.backend, "model": request.model, "prompt_version": request.prompt_version,
-              "seed": request.seed, "ok": True, "error": None, "raw": None, "pairs": [], "rejected": []}
-    try:
-        out = backend(request)
-        if isinstance(out, str):
-            record["raw"], out = redact(out), parse(out)
-            if not out:
-                raise ValueError(f"no {what} in the reply")
-        record["pairs"], record["rejected"] = validate(out)
-    except QuotaExhausted:
-        raise  # not a failure of this image: it was never asked
-    except Exception as e:  # one failing image must not end a long run; recorded, retried on the next run
-        record["ok"], record["error"] = False, redact(f"{type(e).__name__}: {e}")
-    record["seconds"] = round(time.perf_counter() - started, 4)
-    return record
-
-
-def source_of(record: dict) -> str:
-    "'<backend>[:<model>]/<prompt version>', e.g. 'template/v1'."
-    model = f":{record['model']}" if record.get("model") else ""
-    return f"{record['backend']}{model}/{record['prompt_version']}"
+def run_question_request(backend, request: QARequest) -> dict:
+    "One request's log record: the backend's reply parsed and validated as question/answer pairs (`gen.run_request`)."
+    return run_request(backend, request, parse_pairs, validate_pairs, "question/answer pairs")
 
 
 def _canonical_answer(a: str) -> str:
@@ -1273,7 +705,6 @@ def add_options(qa: pd.DataFrame, seed: int = 42, n_options: int = 4) -> pd.Data
     return qa.assign(options=options)
 
 
-QA_COLUMNS = ["qa_id", "image_id", "image_path", "item_id", "split", "question", "answer", "qtype", "difficulty", "options", "source"]
 REJECTED_COLUMNS = ["key", "image_id", "image_path", "item_id", "split", "source", "question", "answer", "raw_answer", "qtype",
                     "difficulty", "reason", "verified", "metadata_field", "metadata_value", "duplicate_of"]
 
@@ -1309,99 +740,6 @@ def compile_qa(work, keys=None, seed: int = 42, keep_contradicting: bool = False
     return qa, rejected
 
 # %% ../nbs/04_qagen.ipynb #308845d1
-def load_listings(work) -> pd.DataFrame:
-    "The curated listings of a study (WORK/curated/listings.parquet), with a clear error when curation has not run."
-    path = Path(work) / "curated" / "listings.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: curate first (abovqa curate --abo-root ROOT --work {work})")
-    try:
-        from abovqa.curate import load_curated
-    except ImportError:
-        return pd.read_parquet(path)
-    return load_curated(work)[0]
-
-
-def build_requests(listings: pd.DataFrame, backend, seed: int = 42, max_images: int | None = None) -> list[QARequest]:
-    "One request per distinct image (its first listing by item_id), in a seed-determined order, at most `max_images`."
-    missing = {"image_id", "image_path", "item_id", "split"} - set(listings.columns)
-    if missing:
-        raise ValueError(f"curated listings lack columns {sorted(missing)}")
-    listings = listings.dropna(subset=["image_id"]).sort_values(["image_id", "item_id"], kind="stable").drop_duplicates("image_id")
-    records = listings.to_dict("records")
-    records.sort(key=lambda r: content_hash(r["image_id"], seed))
-    if max_images is not None:
-        records = records[:max_images]
-    model, version = getattr(backend, "model", None), getattr(backend, "prompt_version", "")
-    name = getattr(backend, "name", getattr(backend, "__name__", "custom"))
-    return [QARequest(str(r["image_id"]), str(r["image_path"]), str(r["item_id"]), str(r["split"]), r, backend=name, model=model,
-                      prompt_version=version, seed=seed) for r in records]
-
-
-def images_root_of(work) -> Path | None:
-    "The absolute images root curation recorded in WORK/curated/stats.json (None when it recorded none)."
-    stats = Path(work) / "curated" / "stats.json"
-    root = json.loads(stats.read_text()).get("images_root") if stats.exists() else None
-    return Path(root) if root else None
-
-
-def failure_counts(records: list[dict]) -> dict[str, int]:
-    "Failed attempts per request key."
-    counts: dict[str, int] = {}
-    for r in records:
-        if not r.get("ok"):
-            counts[r["key"]] = counts.get(r["key"], 0) + 1
-    return counts
-
-
-def run_requests(requests: list[QARequest], backend, log: QALog, workers: int | None = None, flush_every: int | None = None,
-                 budget=None, call=None) -> tuple[int, int, str | None]:
-    """Run `call(backend, request)` (default `run_request`) for each request on `workers` threads, appending records to `log`.
-
-    Returns (requests run, of which failed, why it stopped early or None). Only as many requests are submitted as there are
-    free workers, so a kill loses only what is in flight; records are written by this thread alone, every `flush_every`."""
-    call = call or run_request
-    n_workers = max(1, int(workers or getattr(backend, "workers", 1)))
-    flush_every = flush_every or getattr(backend, "flush_every", 16)
-    batch, n_run, n_failed, stopped = [], 0, 0, None
-    queue = iter(requests)
-    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="qagen") as pool:
-        running = set()
-        while True:
-            while stopped is None and len(running) < n_workers:
-                if budget is not None and budget.should_stop():
-                    stopped = "time budget reached"
-                    break
-                if (request := next(queue, None)) is None:
-                    break
-                running.add(pool.submit(call, backend, request))
-            if not running:
-                break
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                try:
-                    record = future.result()
-                except QuotaExhausted as e:
-                    stopped = str(e)
-                    continue
-                batch.append(record)
-                n_run += 1
-                n_failed += not record["ok"]
-            if len(batch) >= flush_every:
-                log.append(batch)
-                batch = []
-    log.append(batch)
-    return n_run, n_failed, stopped
-
-
-def pending_requests(requests: list[QARequest], log: QALog, max_failures: int = 3) -> tuple[list[QARequest], list[QARequest]]:
-    "(requests still to run, requests given up after `max_failures` failed attempts), from what the log holds."
-    records = log.records()
-    done, failures = {r["key"] for r in records if r.get("ok")}, failure_counts(records)
-    given_up = [r for r in requests if r.key not in done and failures.get(r.key, 0) >= max_failures]
-    todo = [r for r in requests if r.key not in done and failures.get(r.key, 0) < max_failures]
-    return todo, given_up
-
-
 def generate(work, backend="template", prompt: str | None = None, model: str | None = None, max_images: int | None = None,
              seed: int = 42, batch_size: int | None = None, budget=None, verbose: bool = True, workers: int | None = None,
              max_failures: int = 3, task: str = "vqa", keep_contradicting: bool = False, **backend_options) -> pd.DataFrame:
@@ -1410,14 +748,9 @@ def generate(work, backend="template", prompt: str | None = None, model: str | N
     `workers` requests run at once (the backend's own default when None); records are appended every `batch_size` completions
     (16 for the template backend, 1 for API backends); an image that failed `max_failures` times is skipped, with its reason.
     A pair that contradicts its listing is rejected (`contradicts_metadata`) unless `keep_contradicting` keeps it, flagged.
-    `task='caption'` writes reference captions instead (`abovqa.captions.generate_captions`, WORK/captions/captions.parquet)."""
-    if task == "caption":
-        from abovqa.captions import generate_captions
-        return generate_captions(work, backend=backend, prompt=prompt, model=model,
-                                 max_images=max_images, seed=seed, batch_size=batch_size, budget=budget, verbose=verbose,
-                                 workers=workers, max_failures=max_failures, **backend_options)
+    `task` is 'vqa'; reference captions are `abovqa.captions.generate_captions` (WORK/captions/captions.parquet)."""
     if task != "vqa":
-        raise ValueError(f"task must be 'vqa' or 'caption', not {task!r}")
+        raise ValueError(f"task must be 'vqa' here, not {task!r}: reference captions are abovqa.captions.generate_captions")
     work = Path(work)
     if workers is not None and backend != "template" and not callable(backend):
         backend_options["workers"] = workers
@@ -1428,7 +761,7 @@ def generate(work, backend="template", prompt: str | None = None, model: str | N
     requests = build_requests(listings, backend, seed=seed, max_images=max_images)
     log = QALog(work / "qa" / "qa.log.jsonl")
     todo, given_up = pending_requests(requests, log, max_failures)
-    n_run, n_failed, stopped = run_requests(todo, backend, log, workers, batch_size, budget)
+    n_run, n_failed, stopped = run_requests(todo, backend, log, workers, batch_size, budget, call=run_question_request)
     if stopped:
         print(f"{stopped}: stopped after {n_run} of {len(todo)} requests (the next run continues)")
     qa, rejected = compile_qa(work, keys={r.key for r in requests}, seed=seed, keep_contradicting=keep_contradicting, listings=listings)

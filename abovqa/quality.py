@@ -13,8 +13,8 @@ import pandas as pd
 
 from .core import MissingStageError, Study, atomic_write_parquet, atomic_write_text, content_hash
 from .images import thumbnail_data_uri
-from .metrics import vqa_normalize
 from .qagen import verify_answer
+from .text import vqa_normalize
 
 
 # %% auto #0

@@ -28,7 +28,7 @@ from .core import TimeBudget, atomic_write_json, atomic_write_text, content_hash
 
 # %% auto #0
 __all__ = ['PIPELINE', 'SUMMARY_COLUMNS', 'PlanError', 'RunSpec', 'secret_problems', 'pipeline_dir', 'load_plan', 'parse_plan',
-           'demo_plan', 'make_notebook', 'detect_gpus', 'render_html', 'run_fingerprint', 'execute_run', 'run_plan']
+           'demo_plan', 'detect_gpus', 'render_html', 'run_fingerprint', 'execute_run', 'run_plan']
 
 # %% ../nbs/10_runs.ipynb #9e909f17
 class PlanError(ValueError):
@@ -256,20 +256,6 @@ def demo_plan(work) -> dict:
     names = [name for name, _ in stages]
     return {"runs": [{"name": name, "notebook": str(notebooks / f"{name}.ipynb"), "parameters": {"work": work, **parameters},
                       "depends_on": [d for d in PIPELINE[name] if d in names]} for name, parameters in stages]}
-
-# %% ../nbs/10_runs.ipynb #c268bc06
-def make_notebook(path, *cells: str, parameters: str = "") -> Path:
-    "Write a small notebook: a `parameters`-tagged cell with `parameters`, then one code cell per string."
-    import nbformat
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
-    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
 
 # %% ../nbs/10_runs.ipynb #306d28a2
 def detect_gpus() -> list[str]:

@@ -26,7 +26,7 @@ __all__ = ['SAMPLE_VERSION', 'PARTS_FIELD', 'TRUTH_FILE', 'COLORS', 'SHAPES', 'B
            'DOMAINS', 'COLOR_NAMES', 'SHAPE_NAMES', 'SET_OF', 'PRODUCT_TYPES', 'BRANDS', 'STYLES', 'FABRICS',
            'FINISHES', 'GENERIC_IMAGE_IDS', 'PROBLEM_IMAGE_IDS', 'LAYOUTS', 'COLORS_EN', 'ProductType', 'draw_product',
            'draw_banner', 'draw_generic', 'count_parts', 'dominant_color', 'image_path_for', 'write_sample',
-           'sample_root', 'read_sample_truth']
+           'sample_root']
 
 # %% ../nbs/02_sample.ipynb #165a533e
 SAMPLE_VERSION = 2  # bump when the generator's output changes: cached samples are keyed by it
@@ -580,14 +580,3 @@ def sample_root(n_listings: int = 300, seed: int = 0, defects: bool = True) -> P
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
-
-
-def read_sample_truth(root):
-    "What each image of a sample shows: DataFrame[image_id, path, kind, color, shape, n_parts, file_width, file_height, defect]."
-    import pandas as pd
-    path = Path(root) / TRUTH_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {root} is not a sample written by abovqa.sample")
-    truth = pd.read_csv(path, dtype={"image_id": str, "color": str, "shape": str, "defect": str}, keep_default_na=False)
-    truth["n_parts"] = pd.to_numeric(truth["n_parts"]).astype("Int64")
-    return truth

@@ -28,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from abovqa.core import atomic_write_parquet  # noqa: E402
 from abovqa import metrics as M  # noqa: E402
+from abovqa.text import vqa_normalize  # noqa: E402
 
 WORDS = ("red blue green black white gray grey brown beige silver gold pink purple orange yellow ivory navy "
          "round square oval rectangular triangular wood metal plastic glass leather fabric cotton steel "
@@ -60,10 +61,10 @@ def row_by_row_seconds(qa: pd.DataFrame, preds: pd.DataFrame, sample: int, minil
     for pred, ref in zip(rows["answer"], rows["ref"]):
         for metric in (*M.LEXICAL_METRICS.values(), *M.WORDNET_METRICS.values()):
             metric(pred, ref)
-        M.semantic_cosine([M.vqa_normalize(pred)], [M.vqa_normalize(ref)], model=encoder)
-        if M.vqa_normalize(pred) and M.vqa_normalize(ref):
-            bertscorer.score([M.vqa_normalize(pred)], [M.vqa_normalize(ref)])
-        M.bart_score([M.vqa_normalize(pred)], [M.vqa_normalize(ref)], model="tiny")
+        M.semantic_cosine([vqa_normalize(pred)], [vqa_normalize(ref)], model=encoder)
+        if vqa_normalize(pred) and vqa_normalize(ref):
+            bertscorer.score([vqa_normalize(pred)], [vqa_normalize(ref)])
+        M.bart_score([vqa_normalize(pred)], [vqa_normalize(ref)], model="tiny")
         M._max_noun_wup.cache_clear()  # row by row means no cache shared between rows
     return time.perf_counter() - started
 

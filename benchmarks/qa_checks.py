@@ -25,8 +25,10 @@ import pandas as pd
 
 import abovqa.qagen as qagen
 from abovqa.curate import curate, load_curated
-from abovqa.qagen import GeminiStandIn, check_pairs, compile_qa, generate
+from abovqa.gen import QALog
+from abovqa.qagen import check_pairs, compile_qa, generate
 from abovqa.sample import COLORS, count_parts, dominant_color, sample_root
+from abovqa.testing import GeminiStandIn
 
 LIE_RATE = 0.2
 
@@ -111,7 +113,7 @@ def main():
                           for k in range(copies)], ignore_index=True)
     listings.to_parquet(big / "curated" / "listings.parquet", index=False)
     generate(big, verbose=False)
-    records = qagen.QALog(big / "qa" / "qa.log.jsonl").records()
+    records = QALog(big / "qa" / "qa.log.jsonl").records()
     listing_of = {(r["image_id"], r["item_id"]): r for r in listings.to_dict("records")}
     n_pairs = sum(len(r["pairs"]) for r in records)
     started = time.perf_counter()

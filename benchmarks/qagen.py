@@ -21,8 +21,10 @@ import pandas as pd
 
 from abovqa.core import TimeBudget
 from abovqa.curate import curate, load_curated
-from abovqa.qagen import GeminiStandIn, PROMPTS, QALog, generate
+from abovqa.gen import QALog
+from abovqa.qagen import PROMPTS, generate
 from abovqa.sample import sample_root
+from abovqa.testing import GeminiStandIn
 
 
 def study(n_images: int) -> Path:

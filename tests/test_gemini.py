@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from conftest import BIN, REPO
-from abovqa.qagen import GeminiStandIn, QALog, generate, get_backend
+from abovqa.gen import QALog
+from abovqa.qagen import generate, get_backend
+from abovqa.testing import GeminiStandIn
 
 FAST = dict(timeout=1.0, initial_delay=0.1, max_delay=1.0)  # client options that keep the faults quick
 

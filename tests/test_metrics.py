@@ -10,7 +10,8 @@ import pytest
 
 from conftest import BIN, REPO
 from abovqa.core import atomic_write_parquet
-from abovqa.metrics import (bleu, bootstrap_ci, evaluate, exact_match, rouge_l, token_f1, vqa_accuracy, vqa_normalize)
+from abovqa.metrics import bleu, bootstrap_ci, evaluate, exact_match, rouge_l, token_f1, vqa_accuracy
+from abovqa.text import vqa_normalize
 from abovqa.report import make_figures, print_summary, write_report
 
 
@@ -20,7 +21,7 @@ class OfficialVQAEval:
     including `setdefault` and `re.UNICODE` passed as `count`: the oracle the port is compared with."""
 
     def __init__(self):
-        from abovqa.metrics import VQA_CONTRACTIONS
+        from abovqa.text import VQA_CONTRACTIONS
         self.contractions = dict(VQA_CONTRACTIONS)  # the 100+ entry map is data; its spot checks are below
         self.manualMap = {'none': '0', 'zero': '0', 'one': '1', 'two': '2', 'three': '3', 'four': '4', 'five': '5',
                           'six': '6', 'seven': '7', 'eight': '8', 'nine': '9', 'ten': '10'}
@@ -59,7 +60,7 @@ class OfficialVQAEval:
 def test_contraction_map_spot_checks():
     import hashlib
     import json
-    from abovqa.metrics import VQA_CONTRACTIONS
+    from abovqa.text import VQA_CONTRACTIONS
     # entry count and digest of the official literal (evaluated from vqaEval.py's own text)
     assert len(VQA_CONTRACTIONS) == 120
     assert hashlib.sha256(json.dumps(sorted(VQA_CONTRACTIONS.items())).encode()).hexdigest()[:16] == "3e5960526f62912d"
@@ -320,7 +321,8 @@ def test_mcnemar_and_paired_bootstrap_against_hand_and_scipy():
 
 def test_compare_runs_product_types_fractions_and_answer_forms(study):
     import json
-    from abovqa.metrics import answer_form, compare_runs, is_hedged
+    from abovqa.metrics import compare_runs
+    from abovqa.text import answer_form, is_hedged
     qa = pd.read_parquet(study / "qa" / "qa.parquet").assign(item_id=lambda d: "item" + (d.index % 4).astype(str))
     atomic_write_parquet(qa, study / "qa" / "qa.parquet")
     atomic_write_parquet(pd.DataFrame({"item_id": ["item0", "item1", "item2", "item3", "item0"], "product_type": ["CHAIR", "SOFA", "SOFA", "LAMP", "RUG"]}),

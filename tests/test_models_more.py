@@ -79,7 +79,7 @@ GOLDEN = [("first_word", "a dolphin", "dolphin"), ("first_word", "Bird flying", 
 
 @pytest.mark.parametrize("rule, raw, answer", GOLDEN)
 def test_golden_post_processing(rule, raw, answer):
-    from abovqa.metrics import vqa_normalize
+    from abovqa.text import vqa_normalize
     from abovqa.models import POSTPROCESSORS
     assert POSTPROCESSORS[rule](raw) == answer
     assert vqa_normalize(POSTPROCESSORS[rule](raw)) == answer, "the answer survives the scorer's normalization"

@@ -77,3 +77,48 @@ def test_the_readme_batch_plan_is_valid():
     runs = parse_plan(yaml.safe_load(block))
     assert [r.name for r in runs] == ["curate", "questions", "blip-vqa-base-0.25", "blip-vqa-base-0.5", "vilt-b32-vqa-0.25", "vilt-b32-vqa-0.5"]
     assert all(r.notebook.is_file() for r in runs) and runs[2].depends_on == ["questions"]
+
+
+def _abovqa_imports(module) -> set[str]:
+    "The abovqa modules a module imports, at its top or inside a function (relative or absolute)."
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level and node.module:
+                names.add(node.module.split(".")[0])
+            elif node.level or node.module == "abovqa":
+                names.update(a.name for a in node.names)
+            elif node.module and node.module.startswith("abovqa."):
+                names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("abovqa."))
+    return names - {module.stem}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {p.stem: p for p in (REPO / "abovqa").glob("*.py") if not p.stem.startswith("_")}
+    return {name: _abovqa_imports(path) & set(modules) for name, path in modules.items()}
+
+
+def test_import_graph_has_no_cycles():
+    "Data flows one way (core -> text -> gen -> qagen, captions -> ...): no module imports, even lazily, one that imports it back."
+    graph = _import_graph()
+    state: dict[str, str] = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for dependency in sorted(graph[module]):
+            assert state.get(dependency) != "open", f"import cycle: {' -> '.join(path + [dependency])}"
+            if dependency not in state:
+                visit(dependency, path + [dependency])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_runtime_never_imports_testing():
+    "abovqa.testing holds test doubles (a fake Gemini server, notebook makers): tests and notebook checks import it, the product never."
+    importers = sorted(name for name, imports in _import_graph().items() if "testing" in imports and name != "testing")
+    assert importers == [], f"runtime modules import abovqa.testing: {importers}"

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from conftest import BIN, REPO
-from abovqa.metrics import vqa_normalize
-from abovqa.qagen import QALog, TemplateBackend, generate, get_backend
+from abovqa.gen import QALog
+from abovqa.qagen import TemplateBackend, generate, get_backend
+from abovqa.text import vqa_normalize
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_same_seed_same_file_other_seed_other_wording(work, tmp_path):
 def test_answers_are_what_the_sample_images_show(work):
     "Colour, shape and count answers agree with what abovqa.sample drew."
     from abovqa.curate import load_curated
-    from abovqa.sample import read_sample_truth
+    from abovqa.testing import read_sample_truth
     qa = generate(work, verbose=False)
     _, images_root = load_curated(work)
     truth = read_sample_truth(images_root.parent.parent).set_index("image_id")
@@ -209,8 +210,7 @@ def test_pipeline_notebook_needs_curated_listings_and_never_fakes_them(study, tm
 
 def test_hf_backend_runs_a_local_vlm_from_the_same_prompts(work):
     "A tiny random LLaVA through abovqa.models: prompt in, raw text recorded; unparseable babble is a failure, retried."
-    from abovqa.qagen import HFBackend
-    backend = HFBackend(model="llava-1.5-7b", size="tiny", prompt="seed001-p3", max_new_tokens=12)
+    backend = get_backend("hf", model="llava-1.5-7b", size="tiny", prompt="seed001-p3", max_new_tokens=12)
     assert backend.adapter.prompt({"question": "Q?", "options": None}) == "Q?"      # the prompt goes in unwrapped
     assert generate(work, backend=backend, max_images=3, verbose=False).empty
     records = QALog(work / "qa" / "qa.log.jsonl").records()

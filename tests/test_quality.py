@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from conftest import BIN, fresh_work
-from abovqa.qagen import GeminiStandIn, generate
+from abovqa.qagen import generate
+from abovqa.testing import GeminiStandIn
 
 FAST = dict(timeout=1.0, initial_delay=0.1, max_delay=1.0)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

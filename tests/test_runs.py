@@ -10,7 +10,8 @@ import pytest
 
 from abovqa.models import models_for
 
-from abovqa.runs import PlanError, demo_plan, make_notebook, parse_plan, pipeline_dir, render_html, run_plan
+from abovqa.runs import PlanError, demo_plan, parse_plan, pipeline_dir, render_html, run_plan
+from abovqa.testing import make_notebook
 
 
 def status_of(out: Path, name: str) -> dict:

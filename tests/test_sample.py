@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from abovqa.sample import (COLORS, GENERIC_IMAGE_IDS, PARTS_FIELD, PROBLEM_IMAGE_IDS, count_parts, dominant_color,
-                           read_sample_truth, sample_root, write_sample)
+from abovqa.sample import (COLORS, GENERIC_IMAGE_IDS, PARTS_FIELD, PROBLEM_IMAGE_IDS, count_parts, dominant_color, sample_root,
+                           write_sample)
+from abovqa.testing import read_sample_truth
 
 TREE_DIGEST = """
 import hashlib, sys
