@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .core import Study  # light: the layout only
+
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
@@ -48,22 +50,24 @@ def _curate(a):
     width = max((len(k) for k in steps), default=0)
     for step, n in steps.items():
         print(f"{step:<{width}}  {n:>8,}")
-    print(f"curated listings -> {Path(a.work) / 'curated' / 'listings.parquet'}")
+    print(f"curated listings -> {Study(a.work).listings}")
     return 0
 
 
 def _qagen(a):
-    from abovqa.qagen import generate
     if a.backend == "template" and (a.rpm or a.base_url):
         raise SystemExit("abovqa qagen: --rpm and --base-url are for API backends; the template backend runs offline")
     kw = {k: v for k, v in dict(prompt=a.prompt, model=a.model, workers=a.workers, rpm=a.rpm, base_url=a.base_url).items() if v is not None}
-    if a.keep_contradicting:  # only then: the caption task takes no such option
-        kw["keep_contradicting"] = True
-    qa = generate(a.work, backend=a.backend, max_images=a.max_images, seed=a.seed, task=a.task, **kw)
-    if a.task == "caption":
-        print(f"{len(qa):,} reference captions -> {Path(a.work) / 'captions' / 'captions.parquet'}")
+    if a.task == "caption":  # reference captions: the same generation machinery, the captions stage's own prompts
+        from abovqa.captions import generate_captions
+        if a.keep_contradicting:
+            raise SystemExit("abovqa qagen: --keep-contradicting is for questions; captions are not checked against the listing")
+        captions = generate_captions(a.work, backend=a.backend, max_images=a.max_images, seed=a.seed, **kw)
+        print(f"{len(captions):,} reference captions -> {Study(a.work).captions}")
         return 0
-    print(f"{len(qa):,} questions -> {Path(a.work) / 'qa' / 'qa.parquet'}")
+    from abovqa.qagen import generate
+    qa = generate(a.work, backend=a.backend, max_images=a.max_images, seed=a.seed, keep_contradicting=a.keep_contradicting, **kw)
+    print(f"{len(qa):,} questions -> {Study(a.work).qa}")
     if len(qa):
         print(qa.groupby(["split", "qtype"]).size().unstack(fill_value=0).to_string())
     return 0
