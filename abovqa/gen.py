@@ -19,6 +19,7 @@ import pandas as pd
 
 from .core import content_hash
 from .curate import load_curated
+from .images import image_bytes, load_image
 
 # %% auto #0
 __all__ = ['SEED001_FIELDS', 'BACKENDS', 'QA_COLUMNS', 'QARequest', 'QALog', 'Prompt', 'prompt_fields', 'seed001_metadata',
@@ -330,8 +331,8 @@ class GeminiBackend:
         if self.images_root is None:
             raise RuntimeError("the gemini backend needs the images root: call bind(images_root) (generate() does)")
         path = self.images_root / request.image_path
-        mime = {".png": "image/png", ".webp": "image/webp"}.get(path.suffix.lower(), "image/jpeg")
-        image = self._types.Part.from_bytes(data=path.read_bytes(), mime_type=mime)
+        data, mime = image_bytes(path)  # the file's own bytes: re-encoding would change what the model sees
+        image = self._types.Part.from_bytes(data=data, mime_type=mime)
         return [image, self.prompt.render(request.listing)]
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -396,11 +397,10 @@ class HFBackend:
         self.images_root = Path(images_root)
 
     def __call__(self, request: QARequest) -> str:
-        from PIL import Image
         if self.images_root is None:
             raise RuntimeError("the hf backend needs the images root: call bind(images_root) (generate() does)")
-        with Image.open(self.images_root / request.image_path) as image:
-            item = {"image": image.convert("RGB"), "question": self.prompt.render(request.listing), "options": None}
+        image = load_image(self.images_root / request.image_path)
+        item = {"image": image, "question": self.prompt.render(request.listing), "options": None}
         return self.adapter.predict([item])[0]
 
 # %% ../nbs/03a_gen.ipynb #7c0af8d9

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 
 from .core import MissingStageError, Study, atomic_write_text
 from .curate import OOD_SPLIT
+from .images import ImageError, load_image, thumbnail_data_uri
 from .metrics import (ANSWER_FORMS, CAPTION_SUMMARY_METRICS, DIFFICULTIES, bootstrap_ci, compare_runs,
                             comparison_table, format_summary, metric_correlation)
 
@@ -470,7 +470,6 @@ def error_examples(work, run: str | None = None, k: int = 12, seed: int = 0) -> 
 def plot_error_gallery(work, run: str | None = None, k: int = 12, seed: int = 0, columns: int = 4) -> list[Path]:
     "A grid of wrong answers: image, question, reference and prediction (images from the study's images root)."
     plt = _plt()
-    from PIL import Image as PILImage
     root = _images_root(work)
     if not (Path(work) / "metrics" / "summary.csv").exists():
         return []
@@ -481,11 +480,11 @@ def plot_error_gallery(work, run: str | None = None, k: int = 12, seed: int = 0,
     fig, axes = plt.subplots(rows_n, columns, figsize=(3.2 * columns, 3.6 * rows_n), squeeze=False)
     for ax, ex in zip(axes.flat, examples.itertuples()):
         path = root / str(ex.image_path)
-        if path.exists():
-            with PILImage.open(path) as img:
-                ax.imshow(img.convert("RGB"))
-        else:
-            ax.text(0.5, 0.5, "image missing", ha="center", va="center", transform=ax.transAxes)
+        try:
+            ax.imshow(load_image(path, max_side=512))
+        except ImageError as e:  # the wrong answer is still worth showing: say why its picture is not
+            ax.text(0.5, 0.5, "image missing" if not path.exists() else f"image unreadable\n{str(e)[:40]}", ha="center",
+                    va="center", transform=ax.transAxes, fontsize=8)
         wrap = lambda s, n=34: (str(s)[:n - 1] + "…") if len(str(s)) > n else str(s)
         ax.set_title(f"{wrap(ex.question)}\ntrue: {wrap(ex.reference, 24)}\npred: {wrap(ex.prediction if ex.ok else '(failed)', 24)}",
                      fontsize=8, loc="left")
@@ -645,7 +644,6 @@ def plot_caption_gallery(work, runs: list[str] | None = None, k: int = 6, seed: 
         return []
     picked = pd.Series(shared).sample(n=min(k, len(shared)), random_state=seed).sort_values().tolist()
     plt = _plt()
-    from abovqa.infer import ImageError, load_image
     fig, axes = plt.subplots(len(picked), 2, figsize=(11, 2.9 * len(picked)), squeeze=False, gridspec_kw={"width_ratios": [1, 2.6]})
     for (ax_img, ax_text), qa_id in zip(axes, picked):
         first = scored[runs[0]].loc[qa_id]
@@ -852,16 +850,8 @@ def _img(path: Path, caption: str | None = None) -> str:
 
 def _thumb(path: Path, max_side: int = 144) -> str:
     "An <img> of the picture as a small JPEG data URI, or a note when it cannot be read."
-    from PIL import Image as PILImage
-    try:
-        with PILImage.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((max_side, max_side))
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=80)
-    except (OSError, ValueError) as e:
-        return f"<small>image unreadable: {html.escape(str(e)[:60])}</small>"
-    return f"<img alt='{html.escape(path.name)}' src='data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+    uri, why = thumbnail_data_uri(path, max_side=max_side, quality=80)
+    return f"<img alt='{html.escape(path.name)}' src='{uri}'>" if uri else f"<small>image unreadable: {html.escape(why[:60])}</small>"
 
 
 def _html_table(df: pd.DataFrame, **kw) -> str:
