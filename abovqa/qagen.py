@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import atomic_write_parquet, content_hash
+from .core import Study, atomic_write_parquet, content_hash
 from .gen import (BACKENDS, QA_COLUMNS, Prompt, QALog, QARequest, build_requests, images_root_of, load_listings,
                         pending_requests, run_request, run_requests, source_of)
 from .gen import get_backend as get_named_backend
@@ -714,8 +714,8 @@ def compile_qa(work, keys=None, seed: int = 42, keep_contradicting: bool = False
     """Compile WORK/qa/qa.log.jsonl (only `keys` when given) into qa.parquet and rejected.parquet, deterministically.
 
     Each reply's pairs are checked against their listing (`check_pairs`; `listings` defaults to the curated ones)."""
-    qa_dir = Path(work) / "qa"
-    log = QALog(qa_dir / "qa.log.jsonl")
+    study = Study(work)
+    log = QALog(study.qa_log)
     listings = load_listings(work) if listings is None else listings
     listing_of = {(str(r["image_id"]), str(r["item_id"])): r for r in listings.to_dict("records")}
     rows, rejected, seen = [], [], set()
@@ -735,8 +735,8 @@ def compile_qa(work, keys=None, seed: int = 42, keep_contradicting: bool = False
     qa = add_options(qa, seed=seed)[QA_COLUMNS + ["verified"]]  # QA_COLUMNS are shared with captions, which are not verified
     rejected = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
     rejected = rejected.sort_values(["image_id", "question", "reason"], kind="stable").reset_index(drop=True)
-    atomic_write_parquet(qa, qa_dir / "qa.parquet")
-    atomic_write_parquet(rejected, qa_dir / "rejected.parquet")
+    atomic_write_parquet(qa, study.qa)
+    atomic_write_parquet(rejected, study.rejected)
     return qa, rejected
 
 # %% ../nbs/04_qagen.ipynb #308845d1
@@ -759,7 +759,7 @@ def generate(work, backend="template", prompt: str | None = None, model: str | N
     if hasattr(backend, "bind") and (root := images_root_of(work)) is not None:
         backend.bind(root)
     requests = build_requests(listings, backend, seed=seed, max_images=max_images)
-    log = QALog(work / "qa" / "qa.log.jsonl")
+    log = QALog(Study(work).qa_log)
     todo, given_up = pending_requests(requests, log, max_failures)
     n_run, n_failed, stopped = run_requests(todo, backend, log, workers, batch_size, budget, call=run_question_request)
     if stopped:

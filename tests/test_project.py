@@ -1,6 +1,7 @@
 """The project's own invariants: notebooks are the source, the runtime package stays light."""
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,57 @@ def test_runtime_never_imports_testing():
     "abovqa.testing holds test doubles (a fake Gemini server, notebook makers): tests and notebook checks import it, the product never."
     importers = sorted(name for name, imports in _import_graph().items() if "testing" in imports and name != "testing")
     assert importers == [], f"runtime modules import abovqa.testing: {importers}"
+
+MODULES = sorted(p for p in (REPO / "abovqa").glob("*.py") if not p.stem.startswith("_"))
+LIBRARY_NOTEBOOKS = sorted((REPO / "nbs").glob("[0-9]*.ipynb"))
+MAX_FUNCTION_LINES = 60
+EXPORT = re.compile(r"^#\|\s*export", re.M)
+
+
+def test_core_imports_nothing_of_the_kit():
+    "core is the floor every module stands on: the layout, atomic writes, hashing; it imports nothing of the kit."
+    assert _import_graph()["core"] == set()
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for module in MODULES:
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                long.append(f"{module.stem}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long
+
+
+def test_the_study_layout_is_spelled_once():
+    "Only abovqa.core knows where a stage's table lives (prose may name it); everything else asks `Study(work)`."
+    def spellings(module):
+        return sum(isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.split("/")[-1] == "qa.parquet"
+                   for node in ast.walk(ast.parse(module.read_text())))
+    spelled = {m.stem: spellings(m) for m in MODULES}
+    assert {m: n for m, n in spelled.items() if n} == {"core": 1}
+
+
+def public_functions(source: str) -> list[str]:
+    try:
+        tree = ast.parse("\n".join(line for line in source.splitlines() if not line.startswith(("%", "!"))))
+    except SyntaxError:
+        return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and not n.name.startswith("_")]
+
+
+def test_every_public_function_is_shown_where_it_is_defined():
+    "A library notebook cell that defines a public function is followed, before the next exported cell, by one using it."
+    unshown = []
+    for notebook in LIBRARY_NOTEBOOKS:
+        code = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+        for i, source in enumerate(code):
+            if not EXPORT.search(source):
+                continue
+            following = []
+            for later in code[i + 1:]:
+                if EXPORT.search(later):
+                    break
+                following.append(later)
+            shown = "\n".join(following)
+            unshown += [f"{notebook.name}: {name}" for name in public_functions(source) if not re.search(rf"\b{name}\b", shown)]
+    assert not unshown, unshown
