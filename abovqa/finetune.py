@@ -1280,7 +1280,7 @@ def _record_logs(rr: ResolvedRun, trainer, main_rank: bool) -> list[Path]:
     return _plot_curves(history, Study(rr.work).figures_dir / f"finetune_{rr.run}", f"{rr.run} ({rr.cfg.name})") if len(history) else []
 
 
-def _run_result(rr: ResolvedRun, built: BuiltTrainer, output, watch: RunCallbacks, resume_from, peak: tuple, args: dict,
+def _run_result(rr: ResolvedRun, built: BuiltTrainer, output, watch: RunCallbacks, resumed: dict, peak: tuple, args: dict,
                 figures: list) -> dict:
     "What the run did, how fast, where its files are (rank 0's is the one returned)."
     state, cfg, outside, net = built.trainer.state, rr.cfg, built.outside_vocab, built.trainer.model
@@ -1293,7 +1293,7 @@ def _run_result(rr: ResolvedRun, built: BuiltTrainer, output, watch: RunCallback
         "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
         "metric_for_best_model": cfg.metric_for_best_model, "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in net.parameters()),
-        "resumed_from": str(resume_from) if resume_from else None, "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
+        **resumed,
         "samples_per_s": output.metrics.get("train_samples_per_second"), "train_seconds": output.metrics.get("train_runtime"),
         "plan": asdict(watch.planner.plan) if watch.planner.plan else None, "n_train": len(built.train_ds), "n_val": len(built.val_ds),
         "n_skipped": _skipped(built.train_ds) + _skipped(built.val_ds), "figures": [str(f) for f in figures],
@@ -1511,6 +1511,9 @@ def train_run(rr: ResolvedRun, budget: TimeBudget, history: list, callbacks=()) 
     watch = run_callbacks(job, budget, args["fp16"], verbose, callbacks)
     built = get_trainer(rr.recipe.trainer)(TrainerInputs(rr, profile, args, train_ds, val_ds, watch, verbose))
     resume_from = latest_checkpoint(rr.run, rr.work) if job.resume else None
+    # its step read now: training may rotate that checkpoint away (save_total_limit)
+    resumed = {"resumed_from": str(resume_from) if resume_from else None,
+               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None}
     rr.ckpt_dir.mkdir(parents=True, exist_ok=True)
     if main_rank:
         atomic_write_json(rr.run_file, {"run": rr.run, "fingerprint": rr.fingerprint, "settings": rr.settings, "history": history})
@@ -1518,12 +1521,12 @@ def train_run(rr: ResolvedRun, budget: TimeBudget, history: list, callbacks=()) 
         from transformers.trainer_callback import PrinterCallback
         built.trainer.remove_callback(PrinterCallback)
     if verbose and resume_from:
-        print(f"resuming {rr.run} from {resume_from} (step {checkpoint_step(resume_from)})", flush=True)
+        print(f"resuming {rr.run} from {resume_from} (step {resumed['resumed_from_step']})", flush=True)
     # a tiny model's ops are too small to split across cores: one thread trains it several times faster on a shared CPU
     output, peak = _train_measured(built.trainer, resume_from, 1 if job.size == "tiny" and not profile.n_gpus else None)
     if watch.planner.plan is None:
         watch.planner.make_plan(built.trainer.state)
-    result = _run_result(rr, built, output, watch, resume_from, peak, args, _record_logs(rr, built.trainer, main_rank))
+    result = _run_result(rr, built, output, watch, resumed, peak, args, _record_logs(rr, built.trainer, main_rank))
     return _finish_run(rr, result, built.trainer, watch, main_rank, verbose)
 
 
