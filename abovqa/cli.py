@@ -116,7 +116,7 @@ def _predict(a):
 
 def _finetune(a):
     import json
-    from abovqa.finetune import finetune, resolve_config, show_config
+    from abovqa.finetune import FinetuneJob, resolve_config, run_job, show_config
     if a.task == "caption" and not a.config:  # captions train with vlm-qlora and seed 004's settings (a tiny model: the demo's)
         a.config = "demo-caption" if a.size == "tiny" else "seed004-caption"
     settings = _parse_params(a.set)  # --set learning_rate=2e-5 target_modules=[query,value]
@@ -129,10 +129,10 @@ def _finetune(a):
     if a.show_config:
         print(json.dumps(show_config(a.recipe, a.config, a.size, model=a.model, max_steps=a.max_steps, **settings), indent=2, default=str))
         return 0
-    overrides = {k: v for k, v in dict(config=a.config, model=a.model, max_steps=a.max_steps, run=a.run,
-                                       processes=a.processes).items() if v is not None}
+    job = FinetuneJob(a.work, a.recipe, config=a.config, model=a.model, size=a.size, max_steps=a.max_steps, run=a.run,
+                      processes=a.processes, allow_change=a.allow_change, overrides=settings)
     try:
-        result = finetune(a.work, recipe=a.recipe, size=a.size, allow_change=a.allow_change, **overrides, **settings)
+        result = run_job(job)
     except ValueError as e:
         if "other settings" not in str(e):
             raise

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import TimeBudget, atomic_write_json, content_hash, detect_hardware, input_roots, seed_everything
+from .core import Study, TimeBudget, atomic_write_json, content_hash, detect_hardware, input_roots, seed_everything
 
 # %% auto #0
 __all__ = ['BLIP_TIED_HEAD', 'SEED003_TARGETS', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES',
-           'SEED_SETTINGS', 'FIXED_ON_RESUME', 'LoraRecipeConfig', 'Recipe', 'get_recipe', 'resolve_config',
+           'SEED_SETTINGS', 'FIXED_ON_RESUME', 'TRAINERS', 'LoraRecipeConfig', 'Recipe', 'get_recipe', 'resolve_config',
            'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split', 'training_dataset', 'loader_settings',
            'precision_settings', 'SessionPlan', 'plan_session', 'distributed_batch', 'dist_info', 'is_main_process',
            'rank0_decides', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError', 'NonFiniteGuard',
@@ -32,8 +32,11 @@ __all__ = ['BLIP_TIED_HEAD', 'SEED003_TARGETS', 'SEED004_TARGETS', 'RECIPES', 'C
            'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'file_lock', 'latest_checkpoint', 'seed_table',
            'trainer_settings', 'show_config', 'settings_changes', 'qlora_skip_modules', 'unsloth_available',
            'load_qlora_model', 'sft_rows', 'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset', 'ViltCollator',
-           'load_lora_model', 'torch_threads', 'finetune', 'resolve_processes', 'launch_command', 'launch_finetune',
-           'main']
+           'FinetuneJob', 'ResolvedRun', 'resolve_run', 'check_run_identity', 'training_arguments', 'RunCallbacks',
+           'run_callbacks', 'load_lora_model', 'TrainerInputs', 'BuiltTrainer', 'trainer_kind', 'get_trainer',
+           'vqa_trainer', 'sft_trainer', 'classifier_trainer', 'reset_gpu_peaks', 'gpu_peak_gb', 'test_predictions',
+           'finished_result', 'resolve_processes', 'launch_command', 'launch_finetune', 'main', 'train_run', 'run_job',
+           'finetune']
 
 # %% ../nbs/08_finetune.ipynb #43871e2e
 BLIP_TIED_HEAD = r".*cls\.predictions\.decoder"
@@ -195,7 +198,7 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise KeyError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}") from None
+        raise KeyError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}") from None
 
 
 def resolve_config(recipe: str, config: str | None = None, size: str = "tiny", **overrides) -> LoraRecipeConfig:
@@ -814,7 +817,7 @@ def load_qlora_model(adapter, cfg: LoraRecipeConfig, profile, seed: int = 42):
     import transformers
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
-    from abovqa.models import _quiet_transformers
+    from abovqa.models import quiet_transformers
     if cfg.backend not in ("auto", "unsloth", "transformers"):
         raise ValueError(f"backend must be 'auto', 'unsloth' or 'transformers', not {cfg.backend!r}")
     if cfg.backend == "unsloth" and not unsloth_available(profile):
@@ -827,7 +830,7 @@ def load_qlora_model(adapter, cfg: LoraRecipeConfig, profile, seed: int = 42):
     if cfg.backend == "unsloth" or (cfg.backend == "auto" and cfg.quantization != "8bit" and unsloth_available(profile)
                                     and dist_info()[1] == 1):
         return (*_load_unsloth(adapter, cfg, seed), "unsloth")
-    _quiet_transformers()
+    quiet_transformers()
     # fp32 compute on a CPU; on a GPU the profile's half precision (fp16 on a T4: the NaN guard watches Qwen there)
     compute = torch.float32 if not profile.n_gpus else profile.torch_dtype()
     kw = {"dtype": compute}
@@ -920,14 +923,177 @@ class ViltCollator:
         batch["labels"] = labels
         return dict(batch)
 
-# %% ../nbs/08_finetune.ipynb #336eb72b
+# %% ../nbs/08_finetune.ipynb #8413e9fc
+@dataclass
+class FinetuneJob:
+    "Every setting of one fine-tune run as plain data: what `finetune` takes, and the JSON the DDP ranks start from."
+    work: str
+    recipe: str = "blip-lora"
+    config: str | None = None  # None: the recipe's default for `size`
+    model: str | None = None  # None: the recipe's default model
+    size: str = "tiny"
+    max_steps: int | None = None  # None: the config's own (or its epochs)
+    run: str | None = None  # None: <model>-<size>-<run_tag>-<config>[-options]
+    seed: int = 42
+    resume: bool = True
+    allow_change: bool = False  # resume with changed settings (not FIXED_ON_RESUME ones), recorded in the run's history
+    session_hours: float = 12.0
+    margin_minutes: float = 25.0
+    session_start: float | None = None  # the budget's start (epoch seconds); None: this session's (`TimeBudget.from_session`)
+    checkpoint_minutes: float = 30.0
+    save_steps: int | None = None  # None: the config's eval_steps
+    num_workers: int | None = None  # DataLoader workers (None: from the hardware)
+    predict_test: bool = True
+    verbose: bool = True
+    processes: int | None = None  # DDP processes: None = one per visible GPU (1 on a CPU)
+    report_to: str | list = "none"  # the Trainer's loggers ("tensorboard": WORK/checkpoints/<run>/runs/, written by rank 0)
+    early_stopping_patience: int | None = None  # stop after that many evaluations without a better metric (None: never)
+    overrides: dict = field(default_factory=dict)  # config settings, as `resolve_config` takes them
+
+    def __post_init__(self):
+        self.work = str(self.work)  # JSON-ready
+
+    def budget(self) -> TimeBudget:
+        "The session budget: the job's own start when it has one (every rank shares it), else this session's."
+        if self.session_start is None:
+            return TimeBudget.from_session(self.session_hours, self.margin_minutes)
+        return TimeBudget(self.session_hours, self.margin_minutes, self.session_start)
+
+    def with_budget(self, budget: TimeBudget) -> "FinetuneJob":
+        return replace(self, session_hours=budget.hours, margin_minutes=budget.margin_minutes, session_start=budget.start)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "FinetuneJob":
+        return cls(**json.loads(text))
+
+# %% ../nbs/08_finetune.ipynb #0e79d397
+@dataclass
+class ResolvedRun:
+    "A job with its names resolved: recipe, config, model, run name, folders, and the settings whose hash identifies the run."
+    job: FinetuneJob
+    recipe: Recipe
+    cfg: LoraRecipeConfig
+    model: str
+    adapter: object  # the (unloaded) abovqa.models adapter: family, prompt, post-processor, weights
+    run: str
+    settings: dict
+    fingerprint: str
+
+    @property
+    def work(self) -> Path: return Path(self.job.work)
+    @property
+    def task(self) -> str: return self.cfg.task
+    @property
+    def max_steps(self) -> int | None: return self.settings["max_steps"]
+    @property
+    def ckpt_dir(self) -> Path: return Study(self.work).checkpoints(self.run)
+    @property
+    def adapter_dir(self) -> Path: return Study(self.work).adapters(self.run)
+    @property
+    def run_file(self) -> Path: return self.ckpt_dir / "abovqa_run.json"
+    @property
+    def done_file(self) -> Path: return self.adapter_dir / "training.json"
+
+
+def resolve_run(job: FinetuneJob) -> ResolvedRun:
+    "Recipe, config (with the job's overrides), model and run name of `job`, checked against each other; nothing loaded."
+    from abovqa.infer import load_questions
+    from abovqa.models import get_adapter
+    rec, cfg = get_recipe(job.recipe), resolve_config(job.recipe, job.config, job.size, **job.overrides)
+    model = job.model or rec.default_model
+    if cfg.task == "caption" and rec.trainer != "sft":
+        raise ValueError(f"captions are trained with the vlm-qlora recipe (config seed004-caption), not {job.recipe!r}")
+    adapter = get_adapter(model, job.size, task=cfg.task)
+    if not rec.trains(adapter.spec.family):
+        raise ValueError(f"recipe {job.recipe!r} trains {rec.family} models; {model!r} is a {adapter.spec.family} model")
+    options_tag = "-options" if cfg.use_options and "options" not in cfg.name else ""
+    run = job.run or f"{model}-{job.size}-{rec.run_tag}-{cfg.name}{options_tag}"
+    qa = load_questions(job.work, cfg.task)  # the questions' identity is their content ids and splits, not the parquet's bytes
+    settings = {"recipe": job.recipe, "config": asdict(cfg), "model": model, "size": job.size,
+                "max_steps": job.max_steps or cfg.max_steps, "seed": job.seed, "save_steps": job.save_steps,
+                "qa": content_hash(sorted(zip(qa["qa_id"], qa["split"])))}
+    if job.early_stopping_patience:  # it changes the training, so it is part of the run's identity (absent: old runs resume as before)
+        settings["early_stopping_patience"] = job.early_stopping_patience
+    return ResolvedRun(job, rec, cfg, model, adapter, run, settings, content_hash(settings))
+
+# %% ../nbs/08_finetune.ipynb #640996e1
+def check_run_identity(rr: ResolvedRun) -> list:
+    "The run's history of setting changes, once an existing run of that name is found to have these settings (or allowed to change to them)."
+    if not rr.run_file.exists():
+        return []
+    previous = json.loads(rr.run_file.read_text())
+    history = previous.get("history", [])  # seed 001 lowered its learning rate by hand after epoch 1
+    if previous.get("fingerprint") != rr.fingerprint:
+        changed = settings_changes(previous.get("settings", {}), rr.settings)
+        if not rr.job.allow_change or set(changed) & FIXED_ON_RESUME:
+            why = (f"{sorted(set(changed) & FIXED_ON_RESUME)} cannot change on resume (the checkpoint holds another model or data)"
+                   if rr.job.allow_change else "pass allow_change=True (abovqa finetune --allow-change) to continue it with them, "
+                                               "recorded in the run's history")
+            raise ValueError(f"run {rr.run!r} in {rr.ckpt_dir} was started with other settings (or other questions): "
+                             f"{json.dumps(changed, default=str)}; {why}; or pass another run=... or delete that folder to start over")
+        history = history + [{"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "changed": changed,
+                              "from_fingerprint": previous.get("fingerprint")}]
+    if not rr.job.resume:
+        raise FileExistsError(f"run {rr.run!r} exists in {rr.ckpt_dir} and resume=False: pass another run name or delete it")
+    return history
+
+# %% ../nbs/08_finetune.ipynb #4618ee9b
+def _report_to(report_to) -> list[str]:
+    "The Trainer's `report_to` as a list; 'tensorboard' checked up front, so a missing package fails before any training."
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [n for n in names if n != "none"]
+    if "tensorboard" in names:
+        import importlib.util
+        if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+            raise ImportError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard")
+    return names or ["none"]
+
+
+def training_arguments(rr: ResolvedRun, profile, world: int = 1, verbose: bool = True) -> dict:
+    "The Trainer's arguments for `rr`: the config's (`trainer_settings`, what --show-config prints) + where and how this run writes."
+    job = rr.job
+    args = trainer_settings(rr.cfg, profile, world, rr.max_steps, job.save_steps)
+    if args.pop("gradient_checkpointing"):  # passed only when on: the name is deprecated in v5
+        args |= {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}  # non-reentrant: DDP-safe
+    return args | dict(output_dir=str(rr.ckpt_dir), seed=job.seed, data_seed=job.seed, per_device_eval_batch_size=rr.cfg.batch_size * 2,
+                       logging_first_step=True, report_to=_report_to(job.report_to), disable_tqdm=not verbose,
+                       remove_unused_columns=False, label_names=["labels"], **loader_settings(profile, job.num_workers))
+
+
+@dataclass
+class RunCallbacks:
+    "The callbacks that watch one training run, by role: their state after training goes into the result."
+    planner: PlannerCallback
+    session: SessionBudgetCallback
+    guard: NonFiniteGuard
+    stopper: object | None = None  # transformers' EarlyStoppingCallback, when the job asks for it
+    extra: tuple = ()  # the caller's own (the notebook's fault injection)
+    lr_override: LearningRateOverride = field(default_factory=LearningRateOverride)
+
+    @property
+    def all(self) -> list:
+        "In the order the Trainer calls them: the guard last, so it has the final word on saving."
+        return [self.planner, self.session, self.lr_override, *self.extra, *([self.stopper] if self.stopper else []), self.guard]
+
+
+def run_callbacks(job: FinetuneJob, budget: TimeBudget, fp16: bool = False, verbose: bool = True, extra=()) -> RunCallbacks:
+    "Planner, session budget, opt-in early stopping and the NaN guard (patient with fp16's skipped steps) for `job`."
+    from transformers import EarlyStoppingCallback
+    stopper = EarlyStoppingCallback(early_stopping_patience=job.early_stopping_patience) if job.early_stopping_patience else None
+    return RunCallbacks(PlannerCallback(budget, job.checkpoint_minutes, verbose=verbose), SessionBudgetCallback(budget, job.checkpoint_minutes),
+                        NonFiniteGuard(grad_patience=10 if fp16 else 0), stopper, tuple(extra))
+
+# %% ../nbs/08_finetune.ipynb #222de0da
 def load_lora_model(adapter, cfg: LoraRecipeConfig, profile):
     "The base model in fp32 (AMP casts per op; LoRA weights stay fp32) wrapped with LoRA."
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from abovqa.models import _quiet_transformers, quantization_config
-    _quiet_transformers()
+    from abovqa.models import quantization_config, quiet_transformers
+    quiet_transformers()
     kw = {"dtype": torch.float32}
     if cfg.quantization:
         if not profile.n_gpus:
@@ -940,21 +1106,93 @@ def load_lora_model(adapter, cfg: LoraRecipeConfig, profile):
     return model, adapter.load_processor()
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    "Run a block with `n` intra-op threads (None: unchanged)."
-    # a tiny model's ops are too small to split across cores, and on a shared CPU the extra threads
-    # only wait for busy cores: measured here, one thread trains a tiny BLIP several times faster
-    import torch
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+@dataclass
+class TrainerInputs:
+    "What a trainer builder gets: the resolved run, this machine, the Trainer's arguments, the two splits, the callbacks."
+    rr: ResolvedRun
+    profile: object
+    args: dict  # TrainingArguments keywords (`training_arguments`)
+    train_ds: VqaDataset
+    val_ds: VqaDataset
+    watch: RunCallbacks
+    verbose: bool = False
+
+
+@dataclass
+class BuiltTrainer:
+    "A trainer ready to train, with what its family adds to the result."
+    trainer: object
+    train_ds: object  # what it trains on (a classifier's: the questions whose answer has a label)
+    val_ds: object
+    backend: str = "transformers"  # vlm-qlora: 'unsloth' where it runs
+    outside_vocab: pd.DataFrame | None = None  # a classifier's questions whose answer has no label
+
+
+TRAINERS: dict = {}
+
+
+def trainer_kind(name: str):
+    "Register a trainer builder as `name` (what a `Recipe.trainer` names)."
+    def register(build):
+        TRAINERS[name] = build
+        return build
+    return register
+
+
+def get_trainer(name: str):
+    "The trainer builder registered as `name`, with the known names in the error when it is not."
     try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        return TRAINERS[name]
+    except KeyError:
+        raise KeyError(f"unknown trainer {name!r}; known: {sorted(TRAINERS)}") from None
 
 
+@trainer_kind("vqa")
+def vqa_trainer(inputs: TrainerInputs) -> BuiltTrainer:
+    "BLIP: LoRA over the fp32 model, the HF Trainer, val exact match from generated answers."
+    from transformers import TrainingArguments
+    from abovqa.models import POSTPROCESSORS
+    adapter, cfg = inputs.rr.adapter, inputs.rr.cfg
+    net, processor = load_lora_model(adapter, cfg, inputs.profile)
+    trainer = VqaTrainer(
+        model=net, args=TrainingArguments(**inputs.args), train_dataset=inputs.train_ds, eval_dataset=inputs.val_ds,
+        data_collator=VqaCollator(processor, net.config.text_config.bos_token_id, answer_max_length=cfg.answer_max_length),
+        compute_metrics=exact_match_metric(processor.tokenizer, POSTPROCESSORS[adapter.spec.postprocess]),
+        callbacks=inputs.watch.all, guard=inputs.watch.guard, generation_kwargs={"max_new_tokens": adapter.max_new_tokens})
+    return BuiltTrainer(trainer, inputs.train_ds, inputs.val_ds)
+
+
+@trainer_kind("sft")
+def sft_trainer(inputs: TrainerInputs) -> BuiltTrainer:
+    "Chat VLMs: 4-bit (or 8-bit) + LoRA through Unsloth or bitsandbytes + PEFT, TRL's SFTTrainer, the loss on the answer only."
+    from trl import SFTConfig
+    net, processor, backend = load_qlora_model(inputs.rr.adapter, inputs.rr.cfg, inputs.profile, inputs.rr.job.seed)
+    # max_length=None: TRL's default 1024 would cut a 7B model's image tokens; eval is the val loss
+    args = SFTConfig(**inputs.args, max_length=None, prediction_loss_only=True)
+    trainer = sft_trainer_class()(model=net, args=args, train_dataset=sft_rows(inputs.train_ds), eval_dataset=sft_rows(inputs.val_ds),
+                                  processing_class=processor, callbacks=inputs.watch.all, guard=inputs.watch.guard)
+    return BuiltTrainer(trainer, inputs.train_ds, inputs.val_ds, backend=backend)
+
+
+@trainer_kind("classifier")
+def classifier_trainer(inputs: TrainerInputs) -> BuiltTrainer:
+    "ViLT: one-hot targets over its label vocabulary; the questions whose answer has no label are left out and reported."
+    from transformers import TrainingArguments
+    net, processor = load_lora_model(inputs.rr.adapter, inputs.rr.cfg, inputs.profile)
+    label2id = net.config.label2id
+    train_ids, outside_train = vilt_label_ids(inputs.train_ds, label2id)
+    val_ids, outside_val = vilt_label_ids(inputs.val_ds, label2id)
+    outside = pd.concat([outside_train.assign(split="train"), outside_val.assign(split="val")], ignore_index=True)
+    if inputs.verbose and len(outside):
+        print(f"{len(outside)} questions left out: answer outside the label vocabulary, e.g. "
+              f"{outside.answer.value_counts().head(5).to_dict()}", flush=True)
+    train_ds, val_ds = LabelledSubset(inputs.train_ds, train_ids), LabelledSubset(inputs.val_ds, val_ids)
+    trainer = VqaTrainer(model=net, args=TrainingArguments(**inputs.args), train_dataset=train_ds, eval_dataset=val_ds,
+                         data_collator=ViltCollator(processor, len(label2id), net.config.max_position_embeddings),
+                         compute_metrics=label_accuracy_metric, callbacks=inputs.watch.all, guard=inputs.watch.guard, generate=False)
+    return BuiltTrainer(trainer, train_ds, val_ds, outside_vocab=outside)
+
+# %% ../nbs/08_finetune.ipynb #28df62f0
 def _plot_curves(history: pd.DataFrame, path: Path, title: str) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -984,14 +1222,6 @@ def _plot_curves(history: pd.DataFrame, path: Path, title: str) -> list[Path]:
     return out
 
 
-def _test_exact_match(preds: pd.DataFrame, work) -> float:
-    from abovqa.infer import load_questions
-    from abovqa.metrics import exact_match
-    ref = load_questions(work).set_index("qa_id")["answer"]
-    hits = [exact_match(a, ref[q]) if ok else 0.0 for q, a, ok in zip(preds.qa_id, preds.answer, preds.ok)]
-    return round(float(sum(hits) / len(hits)), 4) if hits else float("nan")
-
-
 def _save_adapter(model, target: Path) -> Path:
     "The trained adapter (safetensors) written next to the target and swapped in whole."
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -1011,238 +1241,127 @@ def _skipped(ds) -> int:
     return len(getattr(ds, "ds", ds).skipped)
 
 
-def _report_to(report_to) -> list[str]:
-    "The Trainer's `report_to` as a list; 'tensorboard' checked up front, so a missing package fails before any training."
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    names = [n for n in names if n != "none"]
-    if "tensorboard" in names:
-        import importlib.util
-        if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
-            raise ImportError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard")
-    return names or ["none"]
-
-
-def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: str | None = None, size: str = "tiny",
-             max_steps: int | None = None, run: str | None = None, session_hours: float = 12.0, margin_minutes: float = 25.0,
-             resume: bool = True, seed: int = 42, budget: TimeBudget | None = None, checkpoint_minutes: float = 30.0,
-             save_steps: int | None = None, num_workers: int | None = None, predict_test: bool = True, verbose: bool = True, callbacks=(),
-             processes: int | None = None, allow_change: bool = False, report_to: str | list = "none",
-             early_stopping_patience: int | None = None, **overrides) -> dict:
-    "Fine-tune `model` with `recipe`/`config` on WORK's train split; resumable; writes adapter, logs, curves, test predictions."
-    # processes: DDP processes, one per GPU (None: every visible GPU, 1 on a CPU); more than 1 relaunches this
-    # very call through `accelerate launch` and returns rank 0's result (see `launch_finetune`)
-    # report_to: the Trainer's loggers ("tensorboard" works offline: WORK/checkpoints/<run>/runs/); early_stopping_patience:
-    # stop after that many evaluations without a better `metric_for_best_model` (None: never)
-    from transformers import TrainingArguments
-    from abovqa.infer import load_questions, predict
-    from abovqa.models import POSTPROCESSORS, get_adapter
-
-    started = time.time()
-    work = Path(work)
-    rec = get_recipe(recipe)
-    cfg = resolve_config(recipe, config, size, **overrides)
-    model_name = model or rec.default_model
-    task = cfg.task
-    if task == "caption" and rec.trainer != "sft":
-        raise ValueError(f"captions are trained with the vlm-qlora recipe (config seed004-caption), not {recipe!r}")
-    adapter = get_adapter(model_name, size, task=task)
-    if not rec.trains(adapter.spec.family):
-        raise ValueError(f"recipe {recipe!r} trains {rec.family} models; {model_name!r} is a {adapter.spec.family} model")
-    max_steps = max_steps or cfg.max_steps
-    options_tag = "-options" if cfg.use_options and "options" not in cfg.name else ""
-    run = run or f"{model_name}-{size}-{rec.run_tag}-{cfg.name}{options_tag}"
-    ckpt_dir, adapter_dir = work / "checkpoints" / run, work / "adapters" / run
-    profile = detect_hardware()
-    budget = budget or TimeBudget.from_session(session_hours, margin_minutes)
-    qa = load_questions(work, task)  # the questions' identity is their content ids and splits, not the parquet's bytes
-    qa_fingerprint = content_hash(sorted(zip(qa["qa_id"], qa["split"])))
-    settings = {"recipe": recipe, "config": asdict(cfg), "model": model_name, "size": size, "max_steps": max_steps,
-                "seed": seed, "save_steps": save_steps, "qa": qa_fingerprint}
-    if early_stopping_patience:  # it changes the training, so it is part of the run's identity (absent: old runs resume as before)
-        settings["early_stopping_patience"] = early_stopping_patience
-    fingerprint = content_hash(settings)
-
-    # --- the run's identity: same settings, or refuse ---------------------------------------
-    run_file = ckpt_dir / "abovqa_run.json"
-    history = []  # the run's changes of settings on resume (seed 001 lowered its learning rate by hand after epoch 1)
-    if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        history = previous.get("history", [])
-        if previous.get("fingerprint") != fingerprint:
-            changed = settings_changes(previous.get("settings", {}), settings)
-            if not allow_change or set(changed) & FIXED_ON_RESUME:
-                why = (f"{sorted(set(changed) & FIXED_ON_RESUME)} cannot change on resume (the checkpoint holds another model or data)"
-                       if allow_change else "pass allow_change=True (abovqa finetune --allow-change) to continue it with them, "
-                                            "recorded in the run's history")
-                raise ValueError(f"run {run!r} in {ckpt_dir} was started with other settings (or other questions): "
-                                 f"{json.dumps(changed, default=str)}; {why}; or pass another run=... or delete that folder to start over")
-            history = history + [{"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "changed": changed,
-                                  "from_fingerprint": previous.get("fingerprint")}]
-        if not resume:
-            raise FileExistsError(f"run {run!r} exists in {ckpt_dir} and resume=False: pass another run name or delete it")
-    done_file = adapter_dir / "training.json"
-    if resume and done_file.exists() and json.loads(done_file.read_text()).get("fingerprint") == fingerprint:
-        result = json.loads(done_file.read_text())
-        if predict_test and result.get("status") == "complete":  # cached by infer: nothing recomputed
-            preds = predict(work, model_name, size, split="test", adapter_dir=adapter_dir, run=run, seed=seed, progress=False,
-                            use_options=cfg.use_options, task=task)
-            result["test_exact_match"] = _test_exact_match(preds, work) if task == "vqa" else None
-        return result | {"resumed_from": None, "already_complete": True}
-
-    rank, world = dist_info()
-    if world == 1 and resolve_processes(processes, profile) > 1:  # the notebook's process: start the ranks, then predict
-        if callbacks:
-            raise ValueError("callbacks are Python objects and cannot reach the launched processes: pass processes=1 to use them")
-        if early_stopping_patience or report_to not in ("none", None, [], ()):
-            raise ValueError("early_stopping_patience and report_to do not reach the launched processes yet: pass processes=1 to use them")
-        result = launch_finetune(work, resolve_processes(processes, profile), recipe=recipe, config=config, model=model_name,
-                                 size=size, max_steps=max_steps, run=run, seed=seed, budget=budget, resume=resume,
-                                 checkpoint_minutes=checkpoint_minutes, save_steps=save_steps, num_workers=num_workers,
-                                 verbose=verbose, profile=profile, overrides=overrides)
-        if predict_test and result.get("status") == "complete":  # here, not in rank 0: `predict` shards over every GPU itself
-            preds = predict(work, model_name, size, split="test", adapter_dir=adapter_dir, run=run, seed=seed, progress=False,
-                            use_options=cfg.use_options, task=task)
-            result |= {"predictions": str(work / "predictions" / f"{run}.parquet"),
-                       "test_exact_match": _test_exact_match(preds, work) if task == "vqa" else None}
-            atomic_write_json(done_file, result)
-        return result | {"seconds": round(time.time() - started, 2)}
-    main_rank = rank == 0  # under DDP only rank 0 writes the run's files and prints; predictions are the launcher's
-    predict_test, verbose = predict_test and world == 1, verbose and main_rank
-
-    seed_everything(seed)
-    train_ds, val_ds = (training_dataset(work, split, adapter, cfg.use_options, cfg.train_prompt) for split in ("train", "val"))
-    backend, outside_vocab = "transformers", None
-    if rec.trainer == "sft":
-        net, processor, backend = load_qlora_model(adapter, cfg, profile, seed)
-    else:
-        net, processor = load_lora_model(adapter, cfg, profile)
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in net.parameters())
-
-    resume_from = latest_checkpoint(run, work) if resume else None
-    resume_step = checkpoint_step(resume_from) if resume_from else None
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if main_rank:
-        atomic_write_json(run_file, {"run": run, "fingerprint": fingerprint, "settings": settings, "history": history})
-
-    precision = precision_settings(profile)
-    guard = NonFiniteGuard(grad_patience=10 if precision["fp16"] else 0)
-    session = SessionBudgetCallback(budget, checkpoint_minutes)
-    planner = PlannerCallback(budget, checkpoint_minutes, verbose=verbose)
-    save_every = save_steps or cfg.eval_steps
-    per_device, accumulation = distributed_batch(cfg, world)
-    args = dict(
-        output_dir=str(ckpt_dir), seed=seed, data_seed=seed,
-        per_device_train_batch_size=per_device, per_device_eval_batch_size=cfg.batch_size * 2,
-        gradient_accumulation_steps=accumulation, learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type,
-        max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=max_steps or -1,
-        eval_strategy="steps", eval_steps=save_every, save_strategy="steps", save_steps=save_every,
-        save_total_limit=cfg.save_total_limit, load_best_model_at_end=True,
-        metric_for_best_model=cfg.metric_for_best_model, greater_is_better=cfg.metric_for_best_model != "loss",
-        logging_steps=cfg.logging_steps, logging_first_step=True, report_to=_report_to(report_to), disable_tqdm=not verbose,
-        remove_unused_columns=False, label_names=["labels"],
-        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}  # non-reentrant: DDP-safe
-           if cfg.gradient_checkpointing else {}),  # only when on: the name is deprecated in v5
-        **optimizer_settings(cfg, profile),
-        **precision, **loader_settings(profile, num_workers))
-    from transformers import EarlyStoppingCallback
-    stopper = [EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)] if early_stopping_patience else []
-    session_callbacks = [planner, session, LearningRateOverride(), *callbacks, *stopper, guard]  # the guard last: it has the final word on saving
-    if rec.trainer == "sft":  # TRL: prompt/completion rows, loss on the completion (the answer) only
-        from trl import SFTConfig
-        # max_length=None: TRL's default 1024 would cut a 7B model's image tokens; eval is the val loss
-        sft_args = SFTConfig(**args, max_length=None, prediction_loss_only=True)
-        trainer = sft_trainer_class()(model=net, args=sft_args, train_dataset=sft_rows(train_ds), eval_dataset=sft_rows(val_ds),
-                                      processing_class=processor, callbacks=session_callbacks, guard=guard)
-    elif rec.trainer == "classifier":  # ViLT: one-hot targets over its labels; questions without a label are reported
-        label2id = net.config.label2id
-        train_ids, outside_train = vilt_label_ids(train_ds, label2id)
-        val_ids, outside_val = vilt_label_ids(val_ds, label2id)
-        outside_vocab = pd.concat([outside_train.assign(split="train"), outside_val.assign(split="val")], ignore_index=True)
-        if verbose and len(outside_vocab):
-            print(f"{len(outside_vocab)} questions left out: answer outside the label vocabulary, e.g. "
-                  f"{outside_vocab.answer.value_counts().head(5).to_dict()}", flush=True)
-        train_ds, val_ds = LabelledSubset(train_ds, train_ids), LabelledSubset(val_ds, val_ids)
-        trainer = VqaTrainer(model=net, args=TrainingArguments(**args), train_dataset=train_ds, eval_dataset=val_ds,
-                             data_collator=ViltCollator(processor, len(label2id), net.config.max_position_embeddings),
-                             compute_metrics=label_accuracy_metric, callbacks=session_callbacks, guard=guard, generate=False)
-    else:
-        trainer = VqaTrainer(
-            model=net, args=TrainingArguments(**args), train_dataset=train_ds, eval_dataset=val_ds,
-            data_collator=VqaCollator(processor, net.config.text_config.bos_token_id, answer_max_length=cfg.answer_max_length),
-            compute_metrics=exact_match_metric(processor.tokenizer, POSTPROCESSORS[adapter.spec.postprocess]),
-            callbacks=session_callbacks, guard=guard, generation_kwargs={"max_new_tokens": adapter.max_new_tokens})
-    if not verbose:  # with tqdm off the Trainer prints every log dict instead
-        from transformers.trainer_callback import PrinterCallback
-        trainer.remove_callback(PrinterCallback)
-    if verbose and resume_from:
-        print(f"resuming {run} from {resume_from} (step {resume_step})", flush=True)
+def reset_gpu_peaks() -> None:
+    "Count peak GPU memory from here: the run's peak, not whatever ran before it in the process."
     import torch
-    if torch.cuda.is_available():  # the peak of this run, not of whatever ran before it in the process
+    if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(i)
-    with torch_threads(1 if size == "tiny" and not profile.n_gpus else None):
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    peak_gb = max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30 if torch.cuda.is_available() else None
-    if planner.plan is None:
-        planner.make_plan(trainer.state)
 
+
+def gpu_peak_gb() -> tuple[float | None, str | None]:
+    "(GiB at the peak since `reset_gpu_peaks`, None) -- under DDP the highest of any rank --, or (None, why there is none)."
+    import torch
+    if not torch.cuda.is_available():
+        return None, "no GPU: a CPU run"
+    import torch.distributed as dist
+    peak = torch.tensor([max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:  # every rank reaches this after training
+        peak = peak.to(torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return round(float(peak.item()), 3), None
+
+
+def _train_measured(trainer, resume_from, threads: int | None):
+    "trainer.train(), resumed from `resume_from`, in `threads` CPU threads; (its output, (peak GPU GiB, why none))."
+    from abovqa.models import torch_threads
+    reset_gpu_peaks()
+    with torch_threads(threads):
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return output, gpu_peak_gb()
+
+# %% ../nbs/08_finetune.ipynb #bbdd6e59
+def _record_logs(rr: ResolvedRun, trainer, main_rank: bool) -> list[Path]:
+    "Rank 0 writes the log history next to the checkpoints and plots the curves; the figures' paths."
+    if not main_rank:
+        return []
+    atomic_write_json(rr.ckpt_dir / "log_history.json", trainer.state.log_history)
     history = pd.DataFrame(trainer.state.log_history)
-    if main_rank:
-        atomic_write_json(ckpt_dir / "log_history.json", trainer.state.log_history)
-    figures = _plot_curves(history, work / "figures" / f"finetune_{run}", f"{run} ({cfg.name})") if len(history) and main_rank else []
-    result = {
-        "run": run, "recipe": recipe, "config": cfg.name, "model": model_name, "size": size, "fingerprint": fingerprint,
-        "profile": profile.name, "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps,
-        "epoch": trainer.state.epoch, "train_loss": output.training_loss,
-        "best_checkpoint": trainer.state.best_model_checkpoint, "best_metric": trainer.state.best_metric,
-        "metric_for_best_model": cfg.metric_for_best_model, "trainable_params": trainable, "total_params": total,
-        "resumed_from": str(resume_from) if resume_from else None, "resumed_from_step": resume_step,
+    return _plot_curves(history, Study(rr.work).figures_dir / f"finetune_{rr.run}", f"{rr.run} ({rr.cfg.name})") if len(history) else []
+
+
+def _run_result(rr: ResolvedRun, built: BuiltTrainer, output, watch: RunCallbacks, resumed: dict, peak: tuple, args: dict,
+                figures: list) -> dict:
+    "What the run did, how fast, where its files are (rank 0's is the one returned)."
+    state, cfg, outside, net = built.trainer.state, rr.cfg, built.outside_vocab, built.trainer.model
+    world = dist_info()[1]
+    per_device, accumulation = args["per_device_train_batch_size"], args["gradient_accumulation_steps"]
+    return {
+        "run": rr.run, "recipe": rr.job.recipe, "config": cfg.name, "model": rr.model, "size": rr.job.size, "fingerprint": rr.fingerprint,
+        "profile": detect_hardware().name, "global_step": state.global_step, "max_steps": state.max_steps,
+        "epoch": state.epoch, "train_loss": output.training_loss,
+        "best_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
+        "metric_for_best_model": cfg.metric_for_best_model, "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in net.parameters()),
+        **resumed,
         "samples_per_s": output.metrics.get("train_samples_per_second"), "train_seconds": output.metrics.get("train_runtime"),
-        "plan": asdict(planner.plan) if planner.plan else None, "n_train": len(train_ds), "n_val": len(val_ds),
-        "n_skipped": _skipped(train_ds) + _skipped(val_ds), "figures": [str(f) for f in figures],
-        "backend": backend, "use_options": cfg.use_options, "task": task, "optim": args.get("optim", "adamw_torch"), "processes": world,
-        "effective_batch": per_device * accumulation * world, "per_device_batch": per_device, "gradient_accumulation_steps": accumulation,
-        "n_outside_vocab": None if outside_vocab is None else len(outside_vocab),
-        "outside_vocab_examples": None if outside_vocab is None else outside_vocab.answer.value_counts().head(10).to_dict(),
-        "checkpoints": str(ckpt_dir), "adapter_dir": None, "predictions": None, "test_exact_match": None,
-        "peak_gpu_memory_gb": round(peak_gb, 3) if peak_gb is not None else None, "report_to": _report_to(report_to),
-        "early_stopping_patience": early_stopping_patience,
-        "early_stopped": bool(stopper) and trainer.state.global_step < trainer.state.max_steps and not session.stopped_for_budget,
+        "plan": asdict(watch.planner.plan) if watch.planner.plan else None, "n_train": len(built.train_ds), "n_val": len(built.val_ds),
+        "n_skipped": _skipped(built.train_ds) + _skipped(built.val_ds), "figures": [str(f) for f in figures],
+        "backend": built.backend, "use_options": cfg.use_options, "task": rr.task, "optim": args.get("optim", "adamw_torch"),
+        "processes": world, "effective_batch": per_device * accumulation * world, "per_device_batch": per_device,
+        "gradient_accumulation_steps": accumulation,
+        "n_outside_vocab": None if outside is None else len(outside),
+        "outside_vocab_examples": None if outside is None else outside.answer.value_counts().head(10).to_dict(),
+        "checkpoints": str(rr.ckpt_dir), "adapter_dir": None, "predictions": None, "test_exact_match": None,
+        "peak_gpu_memory_gb": peak[0], "peak_gpu_memory_note": peak[1], "report_to": args["report_to"],
+        "early_stopping_patience": rr.job.early_stopping_patience,
+        "early_stopped": bool(watch.stopper) and state.global_step < state.max_steps and not watch.session.stopped_for_budget,
     }
-    if guard.tripped:
-        good = latest_checkpoint(run, work, roots=[])
+
+
+def _finish_run(rr: ResolvedRun, result: dict, trainer, watch: RunCallbacks, main_rank: bool, verbose: bool) -> dict:
+    "How training ended decides: a non-finite stop raises, a budget stop says where to resume, a complete run saves its adapter."
+    state = trainer.state
+    if watch.guard.tripped:
+        good = latest_checkpoint(rr.run, rr.work, roots=[])
         if main_rank:
-            atomic_write_json(ckpt_dir / "last_result.json", result | {"status": "non_finite", "reason": guard.tripped})
-        raise NonFiniteTrainingError(f"training of {run!r} stopped: {guard.tripped}. Nothing was saved from that step; "
+            atomic_write_json(rr.ckpt_dir / "last_result.json", result | {"status": "non_finite", "reason": watch.guard.tripped})
+        raise NonFiniteTrainingError(f"training of {rr.run!r} stopped: {watch.guard.tripped}. Nothing was saved from that step; "
                                      f"the last good checkpoint is {good or 'none (stopped before the first save)'}. "
                                      "Lower the learning rate, or train in fp32/bf16, and re-run to resume from it.")
-    if session.stopped_for_budget and trainer.state.global_step < trainer.state.max_steps:
-        result |= {"status": "stopped_for_budget", "stopped_at_step": session.stopped_at,
-                   "resume_from": str(latest_checkpoint(run, work, roots=[]))}
+    if watch.session.stopped_for_budget and state.global_step < state.max_steps:
+        result |= {"status": "stopped_for_budget", "stopped_at_step": watch.session.stopped_at,
+                   "resume_from": str(latest_checkpoint(rr.run, rr.work, roots=[]))}
         if main_rank:
-            atomic_write_json(ckpt_dir / "last_result.json", result)
+            atomic_write_json(rr.ckpt_dir / "last_result.json", result)
         if verbose:
-            print(f"session budget reached: checkpoint saved at step {session.stopped_at}; run the same call to resume", flush=True)
+            print(f"session budget reached: checkpoint saved at step {watch.session.stopped_at}; run the same call to resume", flush=True)
         return result
-
-    if not main_rank:  # the other ranks trained the same model; rank 0 writes it
-        return result | {"status": "complete", "adapter_dir": str(adapter_dir)}
-    _save_adapter(trainer.model, adapter_dir)  # the best model: the Trainer reloaded it at the end
-    history.to_csv(adapter_dir / "log_history.csv", index=False)
-    atomic_write_json(adapter_dir / "log_history.json", trainer.state.log_history)
-    result |= {"status": "complete", "adapter_dir": str(adapter_dir)}
-    atomic_write_json(done_file, result | {"seconds": round(time.time() - started, 2)})
-    if predict_test:
-        del trainer, net
-        preds = predict(work, model_name, size, split="test", adapter_dir=adapter_dir, run=run, seed=seed, progress=False,
-                        use_options=cfg.use_options, task=task)
-        result |= {"predictions": str(work / "predictions" / f"{run}.parquet"),
-                   "test_exact_match": _test_exact_match(preds, work) if task == "vqa" else None}
-    result["seconds"] = round(time.time() - started, 2)
-    atomic_write_json(done_file, result)
+    result |= {"status": "complete", "adapter_dir": str(rr.adapter_dir)}
+    if main_rank:  # the other ranks trained the same model; rank 0 writes it
+        _save_adapter(trainer.model, rr.adapter_dir)  # the best model: the Trainer reloaded it at the end
+        pd.DataFrame(state.log_history).to_csv(rr.adapter_dir / "log_history.csv", index=False)
+        atomic_write_json(rr.adapter_dir / "log_history.json", state.log_history)
     return result
+
+# %% ../nbs/08_finetune.ipynb #0a13fc77
+def _test_exact_match(preds: pd.DataFrame, work) -> float:
+    from abovqa.infer import load_questions
+    from abovqa.metrics import exact_match
+    ref = load_questions(work).set_index("qa_id")["answer"]
+    hits = [exact_match(a, ref[q]) if ok else 0.0 for q, a, ok in zip(preds.qa_id, preds.answer, preds.ok)]
+    return round(float(sum(hits) / len(hits)), 4) if hits else float("nan")
+
+
+def test_predictions(rr: ResolvedRun) -> dict:
+    "The test split predicted with the run's adapter through `abovqa.infer.predict` (cached there: a repeat recomputes nothing), scored."
+    from abovqa.infer import predict
+    preds = predict(rr.work, rr.model, rr.job.size, split="test", adapter_dir=rr.adapter_dir, run=rr.run, seed=rr.job.seed,
+                    progress=False, use_options=rr.cfg.use_options, task=rr.task)
+    return {"predictions": str(Study(rr.work).prediction(rr.run)),
+            "test_exact_match": _test_exact_match(preds, rr.work) if rr.task == "vqa" else None}
+
+
+def finished_result(rr: ResolvedRun) -> dict | None:
+    "The stored result of a run that already finished with these very settings (its test predictions re-read), else None."
+    if not (rr.job.resume and rr.done_file.exists()):
+        return None
+    result = json.loads(rr.done_file.read_text())
+    if result.get("fingerprint") != rr.fingerprint:
+        return None
+    if rr.job.predict_test and result.get("status") == "complete":
+        result |= test_predictions(rr)
+    return result | {"resumed_from": None, "already_complete": True}
 
 # %% ../nbs/08_finetune.ipynb #55656611
 def resolve_processes(processes: int | str | None, profile=None) -> int:
@@ -1283,23 +1402,6 @@ def launch_command(processes: int, program_args: list, profile=None, port: int |
             "-m", "abovqa.finetune", *map(str, program_args)]
 
 
-def _program_args(work, recipe, config, model, size, max_steps, run, seed, budget: TimeBudget, resume, checkpoint_minutes,
-                  save_steps, num_workers, verbose, overrides: dict, result_file) -> list[str]:
-    "`finetune`'s arguments as the command line `main` parses (the budget as its absolute start, so every rank shares it)."
-    args = ["--work", work, "--recipe", recipe, "--size", size, "--seed", seed, "--session-hours", budget.hours,
-            "--margin-minutes", budget.margin_minutes, "--budget-start", repr(budget.start),
-            "--checkpoint-minutes", checkpoint_minutes, "--result", result_file, "--no-predict"]
-    for flag, value in (("--config", config), ("--model", model), ("--max-steps", max_steps), ("--run", run),
-                        ("--save-steps", save_steps), ("--num-workers", num_workers)):
-        if value is not None:
-            args += [flag, value]
-    args += [] if resume else ["--no-resume"]
-    args += [] if verbose else ["--quiet"]
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
-    return [str(a) for a in args]
-
-
 def _stop_process(proc, grace: float = 30.0):
     "SIGTERM (torch's agent then stops its ranks), SIGKILL after `grace` seconds."
     import signal
@@ -1313,26 +1415,14 @@ def _stop_process(proc, grace: float = 30.0):
             proc.wait()
 
 
-def launch_finetune(work, processes: int, *, recipe: str, run: str, budget: TimeBudget, config: str | None = None,
-                    model: str | None = None, size: str = "tiny", max_steps: int | None = None, seed: int = 42,
-                    resume: bool = True, checkpoint_minutes: float = 30.0, save_steps: int | None = None,
-                    num_workers: int | None = None, verbose: bool = True, profile=None, overrides: dict | None = None) -> dict:
-    "`finetune` in `processes` DDP processes started by `accelerate launch`, their output streamed here; rank 0's result."
+def _stream(cmd: list[str]) -> tuple[int, str]:
+    "Run `cmd` with its output streamed into this process's stdout (the notebook cell); (exit status, the output's tail)."
     import subprocess
     import sys
     import abovqa
-    started = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix="abovqa-launch-"))
-    result_file = tmp / "result.json"
-    cmd = launch_command(processes, _program_args(work, recipe, config, model, size, max_steps, run, seed, budget, resume,
-                                                  checkpoint_minutes, save_steps, num_workers, verbose, overrides or {},
-                                                  result_file), profile)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     package_root = str(Path(abovqa.__file__).resolve().parents[1])  # the ranks import this very abovqa (a checkout too)
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
-    if verbose:
-        print(f"launching {processes} training processes: accelerate launch --multi_gpu --num_processes {processes} "
-              f"-m abovqa.finetune --run {run} ...", flush=True)
     tail = ""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
@@ -1341,13 +1431,25 @@ def launch_finetune(work, processes: int, *, recipe: str, run: str, budget: Time
             tail = (tail + text)[-12_000:]
             sys.stdout.write(text)  # always: warnings and errors of the ranks belong in the cell (verbose=False quiets the ranks)
             sys.stdout.flush()
-        code = proc.wait()
+        return proc.wait(), tail
     except BaseException:  # an interrupted cell stops the ranks instead of leaving them on the GPUs
         _stop_process(proc)
         raise
     finally:
         proc.stdout.close()
+
+
+def launch_finetune(job: FinetuneJob, processes: int, profile=None) -> dict:
+    "`job` in `processes` DDP processes started by `accelerate launch`, each reading the job as JSON; rank 0's result."
+    started = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="abovqa-launch-"))
+    job_file, result_file = tmp / "job.json", tmp / "result.json"
+    job_file.write_text(job.to_json())
+    if job.verbose:
+        print(f"launching {processes} training processes: accelerate launch --multi_gpu --num_processes {processes} "
+              f"-m abovqa.finetune --job {job_file} (run {job.run})", flush=True)
     try:
+        code, tail = _stream(launch_command(processes, ["--job", job_file, "--result", result_file], profile))
         result = json.loads(result_file.read_text()) if result_file.exists() else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1369,47 +1471,17 @@ def _die_with_parent():
 
 
 def main(argv: list[str] | None = None) -> int:
-    "`python -m abovqa.finetune ...`: the program every launched rank runs (by hand too: one process unless launched)."
+    "`python -m abovqa.finetune --job JOB.json [--result OUT.json]`: what every launched rank runs (by hand: one process)."
     import argparse
-    p = argparse.ArgumentParser(prog="python -m abovqa.finetune", description="finetune() as a command: what accelerate launch runs")
-    p.add_argument("--work", required=True)
-    p.add_argument("--recipe", default="blip-lora")
-    p.add_argument("--config")
-    p.add_argument("--model")
-    p.add_argument("--size", default="full", choices=["tiny", "full"])
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--run")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--save-steps", type=int)
-    p.add_argument("--checkpoint-minutes", type=float, default=30.0)
-    p.add_argument("--session-hours", type=float, default=12.0)
-    p.add_argument("--margin-minutes", type=float, default=25.0)
-    p.add_argument("--budget-start", type=float, help="the session's start (epoch seconds); default: this session's")
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--processes", type=int, help="DDP processes (default: one per GPU, 1 on a CPU)")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--no-predict", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config setting, e.g. learning_rate=1e-4")
+    p = argparse.ArgumentParser(prog="python -m abovqa.finetune", description="a FinetuneJob as a command: what accelerate launch runs")
+    p.add_argument("--job", required=True, help="a FinetuneJob as JSON (FinetuneJob.to_json), in a file")
     p.add_argument("--result", help="rank 0 writes the result here as JSON")
     a = p.parse_args(argv)
-    overrides = {}
-    for item in a.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set takes KEY=JSON, not {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a bare string: --set lr_scheduler_type=cosine
+    job = FinetuneJob.from_json(Path(a.job).read_text())
     if dist_info()[1] > 1:
         _die_with_parent()
-    budget = TimeBudget(a.session_hours, a.margin_minutes, a.budget_start) if a.budget_start else None
     try:
-        result = finetune(a.work, a.recipe, a.config, a.model, a.size, a.max_steps, a.run, session_hours=a.session_hours,
-                          margin_minutes=a.margin_minutes, resume=not a.no_resume, seed=a.seed, budget=budget,
-                          checkpoint_minutes=a.checkpoint_minutes, save_steps=a.save_steps, num_workers=a.num_workers,
-                          predict_test=not a.no_predict, verbose=not a.quiet, processes=a.processes, **overrides)
+        result = run_job(job)
     except NonFiniteTrainingError as e:
         if a.result and is_main_process():
             atomic_write_json(a.result, {"status": "non_finite", "error": str(e)})
@@ -1422,9 +1494,85 @@ def main(argv: list[str] | None = None) -> int:
     if is_main_process():
         if a.result:
             atomic_write_json(a.result, result)
-        elif not a.quiet:
+        elif job.verbose:
             print(json.dumps({k: result.get(k) for k in ("run", "status", "global_step", "processes", "test_exact_match")}))
     return 0
+
+# %% ../nbs/08_finetune.ipynb #9b999df5
+def train_run(rr: ResolvedRun, budget: TimeBudget, history: list, callbacks=()) -> dict:
+    "Train `rr` in this process (alone, or as one DDP rank): build its trainer, resume, train, record; rank 0 writes the files."
+    job, profile = rr.job, detect_hardware()
+    rank, world = dist_info()
+    main_rank = rank == 0  # under DDP only rank 0 writes the run's files and prints
+    verbose = job.verbose and main_rank
+    seed_everything(job.seed)
+    train_ds, val_ds = (training_dataset(job.work, split, rr.adapter, rr.cfg.use_options, rr.cfg.train_prompt) for split in ("train", "val"))
+    args = training_arguments(rr, profile, world, verbose)
+    watch = run_callbacks(job, budget, args["fp16"], verbose, callbacks)
+    built = get_trainer(rr.recipe.trainer)(TrainerInputs(rr, profile, args, train_ds, val_ds, watch, verbose))
+    resume_from = latest_checkpoint(rr.run, rr.work) if job.resume else None
+    # its step read now: training may rotate that checkpoint away (save_total_limit)
+    resumed = {"resumed_from": str(resume_from) if resume_from else None,
+               "resumed_from_step": checkpoint_step(resume_from) if resume_from else None}
+    rr.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        atomic_write_json(rr.run_file, {"run": rr.run, "fingerprint": rr.fingerprint, "settings": rr.settings, "history": history})
+    if not verbose:  # with tqdm off the Trainer prints every log dict instead
+        from transformers.trainer_callback import PrinterCallback
+        built.trainer.remove_callback(PrinterCallback)
+    if verbose and resume_from:
+        print(f"resuming {rr.run} from {resume_from} (step {resumed['resumed_from_step']})", flush=True)
+    # a tiny model's ops are too small to split across cores: one thread trains it several times faster on a shared CPU
+    output, peak = _train_measured(built.trainer, resume_from, 1 if job.size == "tiny" and not profile.n_gpus else None)
+    if watch.planner.plan is None:
+        watch.planner.make_plan(built.trainer.state)
+    result = _run_result(rr, built, output, watch, resumed, peak, args, _record_logs(rr, built.trainer, main_rank))
+    return _finish_run(rr, result, built.trainer, watch, main_rank, verbose)
+
+
+def _record_done(rr: ResolvedRun, result: dict, started: float) -> dict:
+    "The result with its seconds so far, written as the run's `training.json` (what a repeated call finds)."
+    result = result | {"seconds": round(time.time() - started, 2)}
+    atomic_write_json(rr.done_file, result)
+    return result
+
+
+def run_job(job: FinetuneJob, callbacks=()) -> dict:
+    "Run a fine-tune job: a finished run is only re-read; more than one process is launched (each rank runs this again); else it trains here."
+    started, profile = time.time(), detect_hardware()
+    rr = resolve_run(job)
+    history = check_run_identity(rr)
+    if (done := finished_result(rr)) is not None:
+        return done
+    budget, (rank, world) = job.budget(), dist_info()
+    if world == 1 and (processes := resolve_processes(job.processes, profile)) > 1:  # the notebook's process: start the ranks
+        if callbacks:
+            raise ValueError("callbacks are Python objects and cannot reach the launched processes: pass processes=1 to use them")
+        _report_to(job.report_to)  # a missing TensorBoard fails here, before any process starts
+        ranks_job = replace(job.with_budget(budget), run=rr.run, model=rr.model, predict_test=False)  # the launcher predicts
+        result = launch_finetune(ranks_job, processes, profile)
+    else:
+        result = train_run(rr, budget, history, callbacks)
+    if result["status"] == "complete" and rank == 0:
+        result = _record_done(rr, result, started)
+        if job.predict_test and world == 1:  # here, not in the ranks: `predict` shards over every GPU itself
+            result = _record_done(rr, result | test_predictions(rr), started)
+    return result | {"seconds": round(time.time() - started, 2)}
+
+
+def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: str | None = None, size: str = "tiny",
+             max_steps: int | None = None, run: str | None = None, session_hours: float = 12.0, margin_minutes: float = 25.0,
+             resume: bool = True, seed: int = 42, budget: TimeBudget | None = None, checkpoint_minutes: float = 30.0,
+             save_steps: int | None = None, num_workers: int | None = None, predict_test: bool = True, verbose: bool = True, callbacks=(),
+             processes: int | None = None, allow_change: bool = False, report_to: str | list = "none",
+             early_stopping_patience: int | None = None, **overrides) -> dict:
+    "Fine-tune `model` with `recipe`/`config` on WORK's train split (each argument: `FinetuneJob`); resumable; writes adapter, logs, curves, test predictions."
+    job = FinetuneJob(work, recipe, config=config, model=model, size=size, max_steps=max_steps, run=run, seed=seed, resume=resume,
+                      allow_change=allow_change, session_hours=session_hours, margin_minutes=margin_minutes,
+                      checkpoint_minutes=checkpoint_minutes, save_steps=save_steps, num_workers=num_workers, predict_test=predict_test,
+                      verbose=verbose, processes=processes, report_to=report_to, early_stopping_patience=early_stopping_patience,
+                      overrides=overrides)
+    return run_job(job.with_budget(budget) if budget else job, callbacks)
 
 # %% ../nbs/08_finetune.ipynb #d269086c
 # Only `python -m abovqa.finetune` (what accelerate launch runs) gives this module that spec; a notebook

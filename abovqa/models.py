@@ -24,10 +24,11 @@ __all__ = ['POSTPROCESSORS', 'POSTPROCESSOR_ORIGINS', 'PROMPTS', 'PROMPTS_VERSIO
            'SEED_003_SAMPLING', 'CAPTION_MAX_NEW_TOKENS', 'CAPTION_PROMPTS_VERSION', 'SEED004_CAPTION_PROMPT',
            'SEED004_TRAIN_CAPTION_PROMPT', 'CAPTION_PROMPTS', 'first_word', 'strip_answer', 'last_word', 'dedupe_first',
            'caption_text', 'get_postprocessor', 'format_prompt', 'tiny_vocab', 'tiny_tokenizer', 'ModelSpec',
-           'register', 'supported_tasks', 'models_for', 'get_spec', 'tiny_dir', 'ensure_tiny', 'attached_weights',
-           'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter', 'ViltVqaAdapter', 'ClipZeroShotAdapter',
-           'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter', 'LlavaAdapter', 'Qwen25VlAdapter',
-           'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter', 'BlipCaptionAdapter']
+           'register', 'supported_tasks', 'models_for', 'get_spec', 'quiet_transformers', 'torch_threads', 'tiny_dir',
+           'ensure_tiny', 'attached_weights', 'quantization_config', 'Adapter', 'BlipVqaAdapter', 'get_adapter',
+           'ViltVqaAdapter', 'ClipZeroShotAdapter', 'GenerativeVlmAdapter', 'Blip2Adapter', 'ChatVlmAdapter',
+           'LlavaAdapter', 'Qwen25VlAdapter', 'InstructBlipAdapter', 'LlavaNextAdapter', 'Florence2Adapter',
+           'BlipCaptionAdapter']
 
 # %% ../nbs/05_models.ipynb #dd677ad2
 _WORD = re.compile(r"[a-z0-9]+")
@@ -222,7 +223,29 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; registered: {sorted(REGISTRY)}") from None
+        raise KeyError(f"unknown model {name!r}; known: {sorted(REGISTRY)}") from None
+
+# %% ../nbs/05_models.ipynb #5eb1429f
+def quiet_transformers():
+    "No 'Loading weights' bars or hub chatter in notebooks and logs."
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    "Run the block with `n` torch CPU threads (None: leave as is), restoring the previous number after."
+    import torch
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 # %% ../nbs/05_models.ipynb #f688f07e
 TINY_VERSION = 2
@@ -234,13 +257,6 @@ def _tiny_builder(family):
         _TINY_BUILDERS[family] = fn
         return fn
     return deco
-
-
-def _quiet_transformers():
-    "No 'Loading weights' bars or hub chatter in notebooks and logs."
-    import transformers
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
 
 def _transformers_version() -> str:
@@ -263,7 +279,7 @@ def ensure_tiny(name: str, rebuild: bool = False) -> Path:
     if not rebuild and marker.exists() and json.loads(marker.read_text()).get("version") == version:
         return target
     import torch
-    _quiet_transformers()
+    quiet_transformers()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
     try:
@@ -347,21 +363,6 @@ def quantization_config(kind: str | None, compute_dtype: str = "float16"):
     if kind == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(f"quantization must be None, '4bit' or '8bit', not {kind!r}")
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int | None):
-    "Run the block with `n` torch CPU threads (None: leave as is), restoring the previous number after."
-    import torch
-    if not n:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class Adapter:
@@ -451,7 +452,7 @@ class Adapter:
         if self.model is not None:
             return self
         import transformers
-        _quiet_transformers()
+        quiet_transformers()
         source = self.source
         if self.adapter_dir and not (self.adapter_dir / "adapter_config.json").exists():
             source = str(self.adapter_dir)  # a full fine-tune saved with save_pretrained
@@ -496,7 +497,7 @@ class Adapter:
         import torch
         self.load()
         self.calls += 1
-        with torch.inference_mode(), _cpu_threads(self.cpu_threads if self.device == "cpu" else None):
+        with torch.inference_mode(), torch_threads(self.cpu_threads if self.device == "cpu" else None):
             return self._predict(list(items))
 
     def _predict(self, items: list[dict]) -> list[str]:

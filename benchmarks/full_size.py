@@ -137,8 +137,8 @@ def random_checkpoint(name: str, root, max_layers: int | None = None, device: st
     Reused when already complete under `root`; built in fp16 on `device` (a GPU with room builds a 7B model in seconds,
     a CPU in minutes) and saved in 2 GB safetensors shards, then freed: the benchmark loads it like a downloaded one."""
     import torch
-    from abovqa.models import _quiet_transformers
-    _quiet_transformers()  # no shard-writing bars in the benchmark's table
+    from abovqa.models import quiet_transformers
+    quiet_transformers()  # no shard-writing bars in the benchmark's table
     target = Path(root) / f"{name}-layers{max_layers or 'all'}"
     marker = target / "abovqa_full_random.json"
     if marker.exists():

@@ -28,9 +28,9 @@ def measure(work, kit: bool, steps: int, seed: int = 0) -> float:
     from transformers.trainer_callback import PrinterCallback
     from abovqa.core import detect_hardware, seed_everything
     from abovqa.finetune import (VqaCollator, VqaDataset, load_lora_model, load_split, loader_settings, precision_settings,
-                                 resolve_config, torch_threads)
+                                 resolve_config)
     from abovqa.infer import images_root
-    from abovqa.models import get_adapter
+    from abovqa.models import get_adapter, torch_threads
 
     seed_everything(seed)
     profile = detect_hardware()

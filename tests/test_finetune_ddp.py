@@ -70,6 +70,29 @@ def test_ddp_two_processes_on_cpu_survive_a_kill(study, tmp_path):
     assert len(pd.read_parquet(result["predictions"])) == (qa.split == "test").sum()
 
 
+def test_ddp_tensorboard_early_stopping_and_peak_memory(study, tmp_path):
+    "2 ranks with report_to='tensorboard' and early stopping: one event file (rank 0's), one stop on both ranks, the run finishes."
+    import importlib.util
+    import pytest
+    from abovqa.finetune import finetune
+    work = fresh_work(study, tmp_path)
+    tensorboard = bool(importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"))
+    if not tensorboard:  # refused in the notebook's process, before any rank starts
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            finetune(work, "blip-lora", max_steps=8, run="tb", processes=2, report_to="tensorboard", verbose=False)
+    # lr 0: the val metric cannot improve, so patience 1 stops at the second evaluation (step 8) -- on both ranks, or they hang
+    result = finetune(work, "blip-lora", max_steps=200, save_steps=4, learning_rate=0.0, early_stopping_patience=1, run="es-ddp",
+                      processes=2, report_to="tensorboard" if tensorboard else "none", predict_test=False, verbose=False,
+                      num_workers=0)
+    assert result["status"] == "complete" and result["processes"] == 2
+    assert result["global_step"] == 8 and result["early_stopped"] is True
+    assert result["peak_gpu_memory_gb"] is None and result["peak_gpu_memory_note"] == "no GPU: a CPU run"
+    if tensorboard:
+        events = list((work / "checkpoints" / "es-ddp" / "runs").rglob("events.out.tfevents.*"))
+        assert len(events) == 1 and events[0].stat().st_size > 0, events  # rank 0 writes; rank 1 writes none
+        assert result["report_to"] == ["tensorboard"]
+
+
 def _race(work, roots, barrier, out):
     from abovqa.finetune import latest_checkpoint, verify_checkpoint
     barrier.wait()  # both processes leave this line together
