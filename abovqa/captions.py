@@ -164,6 +164,7 @@ def get_caption_backend(backend="metadata", model: str | None = None, prompt: st
 
 # %% ../nbs/04b_captions.ipynb #7a070d05
 def captions_dir(work) -> Path:
+    "WORK/captions: the reference captions, their log and their rejections."
     return Path(work) / CAPTION_TASK_DIR
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import cache_dir, content_hash, detect_hardware, file_fingerprint
+from .text import VQA_ARTICLES, WORD
 
 # %% auto #0
 __all__ = ['POSTPROCESSORS', 'POSTPROCESSOR_ORIGINS', 'PROMPTS', 'PROMPTS_VERSION', 'RAW_PROMPT_FAMILIES', 'SPECIAL_TOKENS',
@@ -31,20 +32,18 @@ __all__ = ['POSTPROCESSORS', 'POSTPROCESSOR_ORIGINS', 'PROMPTS', 'PROMPTS_VERSIO
            'BlipCaptionAdapter']
 
 # %% ../nbs/05_models.ipynb #dd677ad2
-_WORD = re.compile(r"[a-z0-9]+")
 _ECHO = re.compile(r"(?:answer(?: in one word)?|assistant)\s*:", re.IGNORECASE)
-_ARTICLES = frozenset({"a", "an", "the"})  # what vqa_normalize deletes: never an answer on its own
 _LEADING_MARKER = re.compile(r"^[^a-z0-9]*(?:\d+[.)]\s+)?", re.IGNORECASE)  # quotes, bullets, "1. " before the answer
 
 
 def _first_content_word(words: list[str]) -> str:
-    words = [w for w in words if w not in _ARTICLES]
+    words = [w for w in words if w not in VQA_ARTICLES]  # what vqa_normalize deletes: never an answer on its own
     return words[0] if words else ""
 
 
 def first_word(raw: str) -> str:
     "Seed 001's BLIP rule: the first alphanumeric word, lower-cased, articles skipped ('' when there is none)."
-    return _first_content_word(_WORD.findall(str(raw).lower()))
+    return _first_content_word(WORD.findall(str(raw).lower()))
 
 
 def strip_answer(raw: str) -> str:
@@ -55,7 +54,7 @@ def strip_answer(raw: str) -> str:
 
 def last_word(raw: str) -> str:
     "Seed 000's LLaVA rule: the last alphanumeric word, lower-cased (LLaVA answers in a sentence that ends with the answer)."
-    words = _WORD.findall(_ECHO.split(str(raw))[-1].lower())
+    words = WORD.findall(_ECHO.split(str(raw))[-1].lower())
     return words[-1] if words else ""
 
 
