@@ -11,20 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import atomic_write_parquet, content_hash
+from .core import Study, atomic_write_parquet, content_hash
 from .gen import (BACKENDS, QA_COLUMNS, Prompt, QALog, QARequest, build_requests, get_backend, images_root_of, load_listings,
                         pending_requests, run_request, run_requests, source_of)
 from .models import caption_text
 from .text import words
 
 # %% auto #0
-__all__ = ['CAPTION_TASK_DIR', 'CAPTION_QUESTION', 'CAPTION_WORD_RANGE', 'METADATA_CAPTION_VERSION', 'CAPTION_PROMPTS',
-           'DEFAULT_CAPTION_PROMPT', 'bullet_points', 'metadata_caption', 'get_caption_prompt', 'parse_caption',
-           'caption_problem', 'validate_captions', 'MetadataCaptionBackend', 'get_caption_backend', 'captions_dir',
-           'compile_captions', 'generate_captions', 'load_captions']
+__all__ = ['CAPTION_QUESTION', 'CAPTION_WORD_RANGE', 'METADATA_CAPTION_VERSION', 'CAPTION_PROMPTS', 'DEFAULT_CAPTION_PROMPT',
+           'bullet_points', 'metadata_caption', 'get_caption_prompt', 'parse_caption', 'caption_problem',
+           'validate_captions', 'MetadataCaptionBackend', 'get_caption_backend', 'compile_captions',
+           'generate_captions', 'load_captions']
 
 # %% ../nbs/04b_captions.ipynb #61a78f51
-CAPTION_TASK_DIR = "captions"
 CAPTION_QUESTION = "Describe this product in one sentence."
 CAPTION_WORD_RANGE = (15, 30)  # seed 004's window at inference
 METADATA_CAPTION_VERSION = "m1"
@@ -163,16 +162,11 @@ def get_caption_backend(backend="metadata", model: str | None = None, prompt: st
                        task="caption", **options)
 
 # %% ../nbs/04b_captions.ipynb #7a070d05
-def captions_dir(work) -> Path:
-    "WORK/captions: the reference captions, their log and their rejections."
-    return Path(work) / CAPTION_TASK_DIR
-
-
 def compile_captions(work, keys=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     "WORK/captions/captions.log.jsonl (only `keys` when given) -> captions.parquet and rejected.parquet, deterministically."
-    folder = captions_dir(work)
+    study = Study(work)
     rows, rejected, seen = [], [], set()
-    for record in QALog(folder / "captions.log.jsonl").records():
+    for record in QALog(study.captions_log).records():
         if not record.get("ok") or (keys is not None and record["key"] not in keys) or record["key"] in seen:
             continue
         seen.add(record["key"])
@@ -185,8 +179,8 @@ def compile_captions(work, keys=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     captions = pd.DataFrame(rows, columns=QA_COLUMNS).drop_duplicates("qa_id").sort_values("qa_id", kind="stable").reset_index(drop=True)
     rejected = pd.DataFrame(rejected, columns=["key", "image_id", "image_path", "item_id", "split", "source", "caption", "reason"])
     rejected = rejected.sort_values(["image_id", "reason"], kind="stable").reset_index(drop=True)
-    atomic_write_parquet(captions, folder / "captions.parquet")
-    atomic_write_parquet(rejected, folder / "rejected.parquet")
+    atomic_write_parquet(captions, study.captions)
+    atomic_write_parquet(rejected, study.captions_rejected)
     return captions, rejected
 
 
@@ -201,7 +195,7 @@ def generate_captions(work, backend="metadata", prompt: str | None = None, model
     if hasattr(backend, "bind") and (root := images_root_of(work)) is not None:
         backend.bind(root)
     requests = build_requests(load_listings(work), backend, seed=seed, max_images=max_images)
-    log = QALog(captions_dir(work) / "captions.log.jsonl")
+    log = QALog(Study(work).captions_log)
     todo, given_up = pending_requests(requests, log, max_failures)
     call = functools.partial(run_request, parse=parse_caption, validate=validate_captions, what="caption")
     n_run, n_failed, stopped = run_requests(todo, backend, log, workers, batch_size, budget, call=call)
@@ -217,8 +211,5 @@ def generate_captions(work, backend="metadata", prompt: str | None = None, model
 
 
 def load_captions(work) -> pd.DataFrame:
-    "WORK/captions/captions.parquet, with a clear error when the reference captions have not been made."
-    path = captions_dir(work) / "captions.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: make reference captions first (abovqa qagen --work {work} --task caption)")
-    return pd.read_parquet(path)
+    "The reference captions of WORK, with a clear error when they have not been made."
+    return Study(work).read_captions()  # MissingStageError naming the step that makes them

@@ -101,6 +101,10 @@ class Study:
     @property
     def captions(self) -> Path: return self.captions_dir / "captions.parquet"
     @property
+    def captions_log(self) -> Path: return self.captions_dir / "captions.log.jsonl"
+    @property
+    def captions_rejected(self) -> Path: return self.captions_dir / "rejected.parquet"
+    @property
     def predictions_dir(self) -> Path: return self.work / "predictions"
     def prediction(self, run: str) -> Path: return self.predictions_dir / f"{run}.parquet"
     def checkpoints(self, run: str) -> Path: return self.work / "checkpoints" / run
