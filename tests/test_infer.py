@@ -67,8 +67,8 @@ def _with_private_images(work: Path) -> Path:
     stats["images_root"] = str(root)
     stats_path.write_text(json.dumps(stats))
     if (work / "curated" / "listings.parquet").exists():  # load_curated may read the root from elsewhere
-        from abovqa.infer import images_root
-        assert images_root(work) == root, "images_root must follow curated/stats.json"
+        from abovqa.core import Study
+        assert Study(work).images_root() == root, "images_root must follow curated/stats.json"
     return root
 
 
