@@ -210,7 +210,7 @@ def _kaggle(a):
 def _docs(a):
     try:
         from abovqa.docs import build_docs
-        index = build_docs(a.out, work=a.work)
+        index = build_docs(a.out, work=a.work, execute=not a.no_execute, workers=a.workers)
     except (ImportError, FileExistsError) as e:
         print(f"abovqa docs: {e}", file=sys.stderr)
         return 2
@@ -388,6 +388,8 @@ def _add_docs(sub):
     s = sub.add_parser("docs", help="render every notebook into a static site (what `make docs` runs)")
     s.add_argument("out")
     s.add_argument("--work", help="a demo work dir whose executed pipeline notebooks and report to include")
+    s.add_argument("--no-execute", action="store_true", help="do not run the library notebooks' examples (no outputs or figures; seconds, not minutes)")
+    s.add_argument("--workers", type=int, help="library notebooks executed at once (default: one per core)")
     s.set_defaults(func=_docs)
 
 
