@@ -110,7 +110,7 @@ def _predict(a):
                                 shard=a.shard, prompt=a.prompt, postprocess=a.postprocess, regime=a.regime).items() if v is not None}
     preds = predict(a.work, a.model, size=a.size, split=a.split, frac=a.frac, task=a.task, **kw)
     ok = int(preds["ok"].sum()) if len(preds) else 0
-    print(f"{len(preds):,} predictions ({ok:,} ok) -> {Path(a.work) / 'predictions'}")
+    print(f"{len(preds):,} predictions ({ok:,} ok) -> {Path(a.work) / 'predictions' / preds.attrs['stats']['run']}.parquet")
     return 0
 
 
@@ -215,7 +215,7 @@ def _kaggle(a):
 def _docs(a):
     try:
         from abovqa.docs import build_docs
-        index = build_docs(a.out, work=a.work)
+        index = build_docs(a.out, work=a.work, execute=not a.no_execute, workers=a.workers)
     except (ImportError, FileExistsError) as e:
         print(f"abovqa docs: {e}", file=sys.stderr)
         return 2
@@ -236,10 +236,7 @@ def _demo(a):
     return 0
 
 # %% ../nbs/12_cli.ipynb #e41371aa
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="abovqa", description="VQA on the Amazon Berkeley Objects catalog, notebook-first.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_sample(sub):
     s = sub.add_parser("sample", help="write a small synthetic ABO-format catalog (the embedded default)")
     s.add_argument("out")
     s.add_argument("--listings", type=int, default=300)
@@ -248,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing sample at OUT")
     s.set_defaults(func=_sample)
 
+
+def _add_curate(sub):
     s = sub.add_parser("curate", help="curated, balanced, leakage-free subset of an ABO tree")
     s.add_argument("--abo-root", required=True)
     s.add_argument("--work", required=True)
@@ -263,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="parse the listings again instead of reusing the cached parse")
     s.set_defaults(func=_curate)
 
+
+def _add_qagen(sub):
     s = sub.add_parser("qagen", help="generate single-word-answer questions")
     s.add_argument("--work", required=True)
     s.add_argument("--backend", default="template", choices=["template", "gemini", "hf"])
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep pairs whose answer contradicts the listing (flagged verified=contradicts) instead of rejecting them")
     s.set_defaults(func=_qagen)
 
+
+def _add_export(sub):
     s = sub.add_parser("export", help="the questions as a Hugging Face dataset, parquet and VLMEvalKit TSV, with a dataset card")
     s.add_argument("--work", required=True)
     s.add_argument("--out")
@@ -286,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--push-to-hub", metavar="REPO", help="also push to the Hub (token from `huggingface-cli login` / HF_TOKEN)")
     s.set_defaults(func=_export)
 
+
+def _add_review(sub):
     s = sub.add_parser("review", help="a review sheet (HTML + CSV) of a stratified sample of questions; --import records the verdicts")
     s.add_argument("--work", required=True)
     s.add_argument("--n", type=int, default=200, help="questions in the sheet")
@@ -294,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--import", dest="import_sheet", metavar="SHEET.csv", help="record the verdicts of a filled sheet")
     s.set_defaults(func=_review)
 
+
+def _add_predict(sub):
     s = sub.add_parser("predict", help="run a model on the questions of a split")
     s.add_argument("--work", required=True)
     s.add_argument("--model", required=True)
@@ -311,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default="vqa", choices=["vqa", "caption"], help="caption: caption the images of WORK/captions")
     s.set_defaults(func=_predict)
 
+
+def _add_finetune(sub):
     s = sub.add_parser("finetune", help="LoRA / QLoRA fine-tune that checkpoints, resumes and predicts the test split")
     s.add_argument("--work", required=True)
     s.add_argument("--recipe", required=True)
@@ -328,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--show-config", action="store_true", help="print the resolved LoRA settings and training arguments as JSON and exit")
     s.set_defaults(func=_finetune)
 
+
+def _add_evaluate(sub):
     s = sub.add_parser("evaluate", help="score every predictions/*.parquet")
     s.add_argument("--work", required=True)
     s.add_argument("--bertscore-model")
@@ -335,21 +346,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-wordnet", action="store_true", help="skip METEOR and WUPS")
     s.set_defaults(func=_evaluate)
 
+
+def _add_compare(sub):
     s = sub.add_parser("compare", help="paired bootstrap and McNemar between two runs on the same questions")
     s.add_argument("--work", required=True)
     s.add_argument("run_a")
     s.add_argument("run_b")
     s.set_defaults(func=_compare)
 
+
+def _add_report(sub):
     s = sub.add_parser("report", help="figures and report/index.html")
     s.add_argument("--work", required=True)
     s.set_defaults(func=_report)
 
+
+def _add_run(sub):
     s = sub.add_parser("run", help="run a batch plan of pipeline notebooks (papermill)")
     s.add_argument("plan")
     s.add_argument("--out")
     s.set_defaults(func=_run)
 
+
+def _add_kaggle(sub):
     s = sub.add_parser("kaggle", help="build push-ready Kaggle kernels (one step or --all, chained); push, status, output")
     s.add_argument("action", choices=["build", "push", "status", "output"])
     s.add_argument("target", nargs="?", help="build: a step (e.g. 30_baselines); push: a built folder; status/output: owner/kernel-slug")
@@ -371,14 +390,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-deps", action="store_true", help="no wheelhouse (the kernels then need the internet for what the image lacks)")
     s.set_defaults(func=_kaggle)
 
+
+def _add_docs(sub):
     s = sub.add_parser("docs", help="render every notebook into a static site (what `make docs` runs)")
     s.add_argument("out")
     s.add_argument("--work", help="a demo work dir whose executed pipeline notebooks and report to include")
+    s.add_argument("--no-execute", action="store_true", help="do not run the library notebooks' examples (no outputs or figures; seconds, not minutes)")
+    s.add_argument("--workers", type=int, help="library notebooks executed at once (default: one per core)")
     s.set_defaults(func=_docs)
 
+
+def _add_demo(sub):
     s = sub.add_parser("demo", help="the whole pipeline on the embedded sample, CPU only")
     s.add_argument("--work", default="runs/demo")
     s.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="abovqa", description="VQA on the Amazon Berkeley Objects catalog, notebook-first.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_sample, _add_curate, _add_qagen, _add_export, _add_review, _add_predict, _add_finetune, _add_evaluate, _add_compare, _add_report, _add_run, _add_kaggle, _add_docs, _add_demo):
+        add(sub)
     return p
 
 

@@ -22,9 +22,9 @@ import yaml
 from .core import atomic_write_text
 
 # %% auto #0
-__all__ = ['DEV_HINT', 'STYLES_CSS', 'PAGE_TEMPLATE', 'SITE_CSS', 'find_project', 'write_sidebar', 'write_quarto_config', 'Page',
-           'html_name', 'sidebar_pages', 'executed_copy', 'split_title_cell', 'process_notebook', 'pandoc_links',
-           'for_nbconvert', 'nav_html', 'build_docs']
+__all__ = ['DEV_HINT', 'PAGE_TEMPLATE', 'SITE_CSS', 'find_project', 'write_sidebar', 'write_quarto_config', 'Page', 'html_name',
+           'sidebar_pages', 'executed_copy', 'split_title_cell', 'process_notebook', 'pandoc_links', 'for_nbconvert',
+           'nav_html', 'build_docs']
 
 # %% ../nbs/13_docs.ipynb #3bfea042
 DEV_HINT = "`abovqa docs` needs the dev tools (nbdev, execnb): pip install 'abovqa[dev]'"
@@ -53,12 +53,13 @@ def find_project(start=None) -> Path:
 
 
 @contextmanager
-def _in_project(project: Path):
-    """nbdev reads settings.ini from the current directory (and caches what it read: cleared on the way in and out),
-    and show_doc cells run with IN_TEST set, as under nbdev_test."""
+def _in_project(project: Path, cwd: Path | None = None):
+    """nbdev reads settings.ini from the current directory or above it (and caches what it read: cleared on the way in
+    and out), and show_doc cells run with IN_TEST set, as under nbdev_test. `cwd`: a folder inside the project to work
+    in instead (a notebook's, as nbdev_test runs it)."""
     from nbdev.config import get_config
     old_cwd, old_in_test = Path.cwd(), os.environ.get("IN_TEST")
-    os.chdir(project)
+    os.chdir(cwd or project)
     os.environ["IN_TEST"] = "1"
     get_config.cache_clear()
     try:
@@ -91,7 +92,7 @@ def write_sidebar(nbs) -> Path:
 # %% ../nbs/13_docs.ipynb #9c52b408
 def write_quarto_config(project) -> list[Path]:
     """nbdev's standard Quarto configuration in nbs/: `_quarto.yml` (nbdev's default, kept if present), `nbdev.yml`
-    (from settings.ini), `sidebar.yml` and `styles.css`: what `nbdev_docs` renders where Quarto is installed."""
+    (from settings.ini), `sidebar.yml`, next to the project's `styles.css`: what `nbdev_docs` renders where Quarto is installed."""
     _require_nbdev()
     from nbdev.quarto import refresh_quarto_yml
     project = Path(project)
@@ -99,49 +100,10 @@ def write_quarto_config(project) -> list[Path]:
         refresh_quarto_yml()
     write_sidebar(project / "nbs")
     styles = project / "nbs" / "styles.css"
-    if not styles.exists():
-        atomic_write_text(styles, STYLES_CSS)
+    if not styles.is_file():  # the project's own file (the wheel carries it with the notebooks), not something to invent
+        raise FileNotFoundError(f"{styles} is missing: it is part of the project (nbdev's stylesheet, also this site's)")
     return [project / "nbs" / name for name in ("_quarto.yml", "nbdev.yml", "sidebar.yml", "styles.css")]
 
-
-STYLES_CSS = """.cell {
-  margin-bottom: 1rem;
-}
-
-.cell > .sourceCode {
-  margin-bottom: 0;
-}
-
-.cell-output > pre {
-  margin-bottom: 0;
-}
-
-.cell-output > pre, .cell-output > .sourceCode > pre, .cell-output-stdout > pre {
-  margin-left: 0.8rem;
-  margin-top: 0;
-  background: none;
-  border-left: 2px solid lightsalmon;
-  border-top-left-radius: 0;
-  border-top-right-radius: 0;
-}
-
-.cell-output > .sourceCode {
-  border: none;
-}
-
-.cell-output > .sourceCode {
-  background: none;
-  margin-top: 0;
-}
-
-div.description {
-  padding-left: 2px;
-  padding-top: 5px;
-  font-style: italic;
-  font-size: 135%;
-  opacity: 70%;
-}
-"""
 
 # %% ../nbs/13_docs.ipynb #9e4cbfb1
 @dataclass
@@ -225,15 +187,26 @@ def split_title_cell(cells: list) -> None:
         return
 
 # %% ../nbs/13_docs.ipynb #bd3dbd0e
-def _doc_processors(errors: list):
-    "nbdev's default processors, except that code runs only where show_doc needs it, and a failure is recorded, not raised."
+def _runs_under_test(cell, skip_flags) -> bool:
+    "Whether nbdev_test runs this code cell: not `#| eval: false`, no skipped test flag (settings.ini's tst_flags: `#| slow`, `#| gpu`)."
+    directives = getattr(cell, "directives_", None) or {}
+    if directives.get("eval:", [""])[0].lower() == "false" or "nbdev_export" + "(" in cell.source:
+        return False
+    return not set(skip_flags) & directives.keys()
+
+
+def _doc_processors(errors: list, execute: bool = False, skip_flags=()):
+    """nbdev's default processors, with a failure recorded, not raised. `execute`: every cell nbdev_test would run
+    runs, in order (outputs and figures for the page); else only what show_doc needs."""
     from nbdev.processors import FilterDefaults, _show_docs, exec_show_docs
     import ast
 
     def wanted(cell) -> bool:
-        "Exported code, cells made only of imports, and show_doc calls: never the notebook's examples and tests."
+        "With `execute`, every cell nbdev_test runs; else exported code, cells made only of imports, and show_doc calls."
         if cell.cell_type != "code" or not cell.source:
             return False
+        if execute:
+            return _runs_under_test(cell, skip_flags)
         if cell.directives_.keys() & {"export", "exports", "exporti", "exec_doc"}:
             return True
         statements = cell.parsed_()  # the cell's top-level statements
@@ -243,7 +216,7 @@ def _doc_processors(errors: list):
 
     class exec_for_docs(exec_show_docs):
         def __call__(self, cell):
-            if not self.nb.has_docs_ or not hasattr(self, "k") or not wanted(cell):
+            if not (execute or self.nb.has_docs_) or not hasattr(self, "k") or not wanted(cell):
                 return
             self.k.cell(cell)
             if self.k.exc:
@@ -256,19 +229,21 @@ def _doc_processors(errors: list):
     return Procs()
 
 
-def process_notebook(path, project) -> tuple[dict, list]:
+def process_notebook(path, project, execute: bool = False) -> tuple[dict, list]:
     """A notebook as nbdev would hand it to Quarto: front matter, directives applied, `#| hide` cells gone, a show_doc
-    for every exported symbol (run in a fresh kernel that executes only exports, imports and show_doc calls).
-    Returns the notebook as a plain dict and the errors met (empty when all went well)."""
+    for every exported symbol. The code runs in a fresh shell: with `execute`, every cell as nbdev_test runs it (in the
+    notebook's folder, the same test flags skipped), so the page shows the examples' outputs and figures; else only
+    exports, imports and show_doc calls. Returns the notebook as a plain dict and the errors met (empty when all went well)."""
     _require_nbdev()
     from execnb.nbio import nb2dict, read_nb
+    from nbdev.config import get_config
     errors: list = []
     nb = read_nb(path)
     nb.path_ = str(Path(path).resolve())
     split_title_cell(nb.cells)
-    with _in_project(Path(project)):
+    with _in_project(Path(project), cwd=Path(path).resolve().parent if execute else None):
         try:
-            _doc_processors(errors)(nb)
+            _doc_processors(errors, execute, get_config().tst_flags.split() if execute else ())(nb)
         except Exception as e:  # a notebook nbdev cannot process still gets a page, unprocessed
             errors.append(f"nbdev could not process it ({type(e).__name__}: {e}); rendered as written")
             nb = read_nb(path)
@@ -428,62 +403,63 @@ def _replace_dir(built: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build_docs(out="_site", work=None, project=None, report: bool = True, verbose: bool = True) -> Path:
-    """Render the documentation site into `out`; the path of its index.html.
+def _is_library(page: Page) -> bool:
+    "A library notebook (the top level of nbs/, what nbdev_test runs), as opposed to a pipeline step run by the batch runner."
+    return "/" not in page.notebook
 
-    Every notebook `sidebar.yml` lists (index, library notebooks, pipeline/) becomes a page with a navigation sidebar;
-    library pages carry nbdev's show_doc API reference. With `work`, a pipeline page shows the executed copy the
-    batch runner left in WORK/notebooks/ (with its figures) and WORK/report/index.html is copied in as `report/`.
-    `docs.json` lists each page, its source and any problem met. Links are relative: serve it from any base URL
-    or open it from disk."""
-    _require_nbdev()
+
+def _processed_notebooks(pages: list[Page], project: Path, execute: bool, workers: int | None) -> list[tuple[dict, list]]:
+    """Each page's notebook processed, with its errors. With `execute`, the library notebooks run each in a fresh process
+    (their examples change process-wide state: environment, working directory, loaded models), `workers` at a time
+    (default: one per core), while the other pages are processed here."""
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+    from abovqa.docs import process_notebook as in_worker  # by its module's name: a spawned process imports it from there
+    jobs = {i: (str(p.source), str(project), True) for i, p in enumerate(pages) if execute and _is_library(p)}
+    pool = None
+    if jobs:
+        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+        pool = ProcessPoolExecutor(max(1, min(workers or os.cpu_count() or 1, len(jobs))), mp_context=multiprocessing.get_context("spawn"), **fresh)
+    try:
+        futures = {i: pool.submit(in_worker, *job) for i, job in jobs.items()}
+        here = {i: process_notebook(p.source, project) for i, p in enumerate(pages) if i not in jobs}
+        results = []
+        for i, page in enumerate(pages):
+            try:
+                results.append(futures[i].result() if i in futures else here[i])
+            except Exception as e:  # the worker died (out of memory, ...): the page as written, and why
+                nb, errors = process_notebook(page.source, project)
+                results.append((nb, [f"executing it failed ({type(e).__name__}: {e}); rendered without outputs", *errors]))
+        return results
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _copy_report(built: Path, work) -> list[tuple[str, str]]:
+    "WORK/report/index.html copied in as report/ (self-contained: its figures are embedded); the sidebar's extra link to it."
+    report_html = Path(work, "report", "index.html") if work is not None else None
+    if report_html is None or not report_html.is_file():
+        return []
+    (built / "report").mkdir()
+    shutil.copy2(report_html, built / "report" / "index.html")
+    return [("report/index.html", "Evaluation report")]
+
+
+def _render_pages(built: Path, pages: list[Page], notebooks: list[dict], settings: dict, extra_links: list, css: str,
+                  verbose: bool) -> None:
+    "Each processed notebook as a page of nbconvert's lab template with the sidebar, at its href under `built`."
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
-
-    started = time.monotonic()
-    project = find_project(project)
-    if (project / "__init__.py").is_file():  # the wheel's copy: build from a scratch copy, never writing into site-packages
-        with tempfile.TemporaryDirectory(prefix="abovqa-docs-") as scratch:
-            shutil.copytree(project / "nbs", Path(scratch) / "nbs")
-            shutil.copy2(project / "settings.ini", scratch)
-            return build_docs(out, work, scratch, report, verbose)
-    out = Path(out).resolve()
-    if out.exists() and any(out.iterdir()) and not (out / "docs.json").is_file():  # never replace someone's folder
-        raise FileExistsError(f"{out} is not empty and is not a site `abovqa docs` built (no docs.json): pick a new folder")
-    settings = _settings(project)
-    write_quarto_config(project)
-    pages = sidebar_pages(project / "nbs" / "sidebar.yml")
-
-    built = out.with_name(out.name + ".building")
-    shutil.rmtree(built, ignore_errors=True)
-    built.mkdir(parents=True)
-    extra_links = []
-    report_html = Path(work, "report", "index.html") if work is not None else None
-    if report and report_html is not None and report_html.is_file():
-        (built / "report").mkdir()
-        shutil.copy2(report_html, built / "report" / "index.html")  # self-contained: figures are embedded
-        extra_links.append(("report/index.html", "Evaluation report"))
-
-    notebooks = []
-    for page in pages:
-        source = project / "nbs" / page.notebook
-        if work is not None and page.notebook.startswith("pipeline/"):
-            page.source, page.run = executed_copy(work, source)
-        page.source = page.source or source
-        nb, page.errors = process_notebook(page.source, project)
-        nb, page.title = for_nbconvert(nb, Path(page.notebook).stem)
-        if page.notebook.startswith("pipeline/"):
-            nb["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": _provenance(page), "id": "abovqa-docs-provenance"})
-        notebooks.append(nb)
-
     exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"abovqa-page.html.j2": PAGE_TEMPLATE})],
                             template_file="abovqa-page.html.j2", embed_images=True,
                             exclude_input_prompt=True, exclude_output_prompt=True)
     published = settings.get("doc_host", "").rstrip("/") + settings.get("doc_baseurl", "").rstrip("/") + "/"
     for page, nb in zip(pages, notebooks):
         nav = nav_html(pages, page.href, settings.get("title") or settings.get("lib_name", "docs"), extra_links)
-        resources = {"metadata": {"name": page.title, "path": str(page.source.parent)}, "abovqa_docs": {"nav": nav, "css": SITE_CSS}}
+        resources = {"metadata": {"name": page.title, "path": str(page.source.parent)}, "abovqa_docs": {"nav": nav, "css": css}}
         body, _ = exporter.from_notebook_node(nbformat.reads(json.dumps(nb), as_version=4), resources=resources)
         if published != "/":  # show_doc links point at the published site: make them work here too
             body = body.replace(published, _relative("index.html", page.href).removesuffix("index.html") or "./")
@@ -494,9 +470,51 @@ def build_docs(out="_site", work=None, project=None, report: bool = True, verbos
             print(f"{page.href:<28} {page.title[:40]:<40} {'run ' + page.run if page.run else ''}"
                   + (f"  ({len(page.errors)} problem(s))" if page.errors else ""))
 
+
+def build_docs(out="_site", work=None, project=None, report: bool = True, verbose: bool = True, execute: bool = True,
+               workers: int | None = None) -> Path:
+    """Render the documentation site into `out`; the path of its index.html.
+
+    Every notebook `sidebar.yml` lists (index, library notebooks, pipeline/) becomes a page with a navigation sidebar;
+    library pages carry nbdev's show_doc API reference and, with `execute`, the outputs and figures of their examples,
+    run while building (`workers` notebooks at a time). With `work`, a pipeline page shows the executed copy the
+    batch runner left in WORK/notebooks/ (with its figures) and WORK/report/index.html is copied in as `report/`.
+    `docs.json` lists each page, its source and any problem met. Links are relative: serve it from any base URL
+    or open it from disk."""
+    _require_nbdev()
+    started = time.monotonic()
+    project = find_project(project)
+    if (project / "__init__.py").is_file():  # the wheel's copy: build from a scratch copy, never writing into site-packages
+        with tempfile.TemporaryDirectory(prefix="abovqa-docs-") as scratch:
+            shutil.copytree(project / "nbs", Path(scratch) / "nbs")
+            shutil.copy2(project / "settings.ini", scratch)
+            return build_docs(out, work, scratch, report, verbose, execute, workers)
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()) and not (out / "docs.json").is_file():  # never replace someone's folder
+        raise FileExistsError(f"{out} is not empty and is not a site `abovqa docs` built (no docs.json): pick a new folder")
+    settings = _settings(project)
+    write_quarto_config(project)
+    pages = sidebar_pages(project / "nbs" / "sidebar.yml")
+    built = out.with_name(out.name + ".building")
+    shutil.rmtree(built, ignore_errors=True)
+    built.mkdir(parents=True)
+    extra_links = _copy_report(built, work) if report else []
+    for page in pages:
+        source = project / "nbs" / page.notebook
+        if work is not None and page.notebook.startswith("pipeline/"):
+            page.source, page.run = executed_copy(work, source)
+        page.source = page.source or source
+    notebooks = []
+    for page, (nb, page.errors) in zip(pages, _processed_notebooks(pages, project, execute, workers)):
+        nb, page.title = for_nbconvert(nb, Path(page.notebook).stem)
+        if page.notebook.startswith("pipeline/"):
+            nb["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": _provenance(page), "id": "abovqa-docs-provenance"})
+        notebooks.append(nb)
+    css = (project / "nbs" / "styles.css").read_text(encoding="utf-8") + SITE_CSS  # the project's stylesheet, then the site's layout
+    _render_pages(built, pages, notebooks, settings, extra_links, css, verbose)
     manifest = {"title": settings.get("title"), "seconds": round(time.monotonic() - started, 1), "work": str(work) if work else None,
-                "pages": [{"href": p.href, "title": p.title, "notebook": p.notebook, "source": str(p.source), "run": p.run,
-                           "errors": p.errors} for p in pages],
+                "executed": execute, "pages": [{"href": p.href, "title": p.title, "notebook": p.notebook, "source": str(p.source),
+                                                "run": p.run, "errors": p.errors} for p in pages],
                 "extra": [{"href": h, "title": t} for h, t in extra_links]}
     (built / "docs.json").write_text(json.dumps(manifest, indent=1))
     _replace_dir(built, out)

@@ -306,13 +306,13 @@ def load_split(work, split: str, task: str = "vqa") -> pd.DataFrame:
 
 def training_dataset(work, split: str, adapter, use_options: bool = False, caption_prompt: str | None = None) -> VqaDataset:
     "The split as the adapter is asked at inference: its question prompt, or for captions its caption prompt (`caption_prompt`: another key of CAPTION_PROMPTS to train on)."
-    from abovqa.infer import images_root
+    from abovqa.core import Study
     from abovqa.models import CAPTION_PROMPTS
-    rows = load_split(work, split, adapter.task)
+    rows, root = load_split(work, split, adapter.task), Study(work).images_root()
     if adapter.task == "caption":
         text = CAPTION_PROMPTS[caption_prompt] if caption_prompt else adapter.prompt({})
-        return VqaDataset(rows.assign(question=text), images_root(work), "bare")
-    return VqaDataset(rows, images_root(work), adapter.spec.prompt, use_options)
+        return VqaDataset(rows.assign(question=text), root, "bare")
+    return VqaDataset(rows, root, adapter.spec.prompt, use_options)
 
 # %% ../nbs/08_finetune.ipynb #43c43bd2
 def loader_settings(profile=None, num_workers: int | None = None) -> dict:

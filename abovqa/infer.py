@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import atomic_write_json, atomic_write_parquet, content_hash, input_roots, seed_everything
+from .core import Study, atomic_write_json, atomic_write_parquet, content_hash, input_roots, seed_everything
 from .models import Adapter, get_adapter
 
 # %% auto #0
-__all__ = ['MAX_SIDE', 'MAX_PIXELS', 'TASKS', 'PREDICTION_COLUMNS', 'ImageError', 'load_image', 'images_root', 'load_questions',
+__all__ = ['MAX_SIDE', 'MAX_PIXELS', 'TASKS', 'PREDICTION_COLUMNS', 'ImageError', 'load_image', 'load_questions',
            'select_questions', 'PredictionCache', 'ShardWriter', 'prediction_key', 'Outcome', 'is_oom', 'predict_items',
            'plan_batches', 'run_batches', 'parse_shard', 'in_shard', 'import_input_caches', 'run_name', 'predict']
 
@@ -69,21 +69,6 @@ def load_image(path, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side))
     return img
-
-
-def images_root(work) -> Path:
-    "The folder `image_path`s are relative to, as curation recorded it."
-    work = Path(work)
-    try:
-        from abovqa.curate import load_curated
-    except ImportError:
-        load_curated = None
-    if load_curated is not None and (work / "curated" / "listings.parquet").exists():
-        return Path(load_curated(work)[1])
-    stats = work / "curated" / "stats.json"
-    if not stats.exists():
-        raise FileNotFoundError(f"{stats} not found: run the curate stage first (it records the images root)")
-    return Path(json.loads(stats.read_text())["images_root"])
 
 
 TASKS = ("vqa", "caption")
@@ -367,6 +352,36 @@ PREDICTION_COLUMNS = ["qa_id", "run", "model", "prompt_version", "raw", "answer"
                       "device", "dtype"]
 
 
+def _adapter_for(model, size: str, task: str | None, adapter_dir, use_options: bool, adapter_kw: dict) -> tuple[Adapter, str]:
+    "The adapter to predict with (a ready `Adapter` is used as it is) and the task it does."
+    if isinstance(model, Adapter):
+        task = task or model.task
+        if task != model.task:
+            raise ValueError(f"the adapter was made for {model.task!r}, not {task!r}")
+        return model, task
+    task = task or "vqa"
+    return get_adapter(model, size, adapter_dir=adapter_dir, use_options=use_options, task=task, **adapter_kw), task
+
+
+def _batches_to_compute(rows: list[dict], done: dict, shard_of, seed: int, batch_size: int) -> tuple[list[dict], list[list[dict]]]:
+    "This shard's rows, and its batches (planned over the whole shard, so cached rows never move the others) less what is cached."
+    mine = [r for r in rows if in_shard(r["qa_id"], shard_of, seed)]
+    batches = [[r for r in b if r["_key"] not in done] for b in plan_batches(mine, batch_size)]
+    return mine, [b for b in batches if b]
+
+
+def _predictions_frame(rows: list[dict], records: dict, run: str, adapter: Adapter) -> pd.DataFrame:
+    "One row per selected question that has a cached record, in selection order."
+    out = []
+    for row in rows:
+        if (rec := records.get(row["_key"])) is not None:
+            out.append({**{k: rec.get(k) for k in PREDICTION_COLUMNS if k in rec}, "qa_id": row["qa_id"], "run": run,
+                        "model": adapter.name, "prompt_version": adapter.prompt_version})
+    df = pd.DataFrame(out, columns=PREDICTION_COLUMNS)
+    df["ok"] = df["ok"].astype(bool)
+    return df
+
+
 def predict(work, model, size: str = "tiny", split: str | None = "test", frac: float = 1.0, batch_size: int = 8,
             run: str | None = None, adapter_dir=None, seed: int = 42, workers: int | None = None, use_options: bool = False,
             max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS, budget=None, progress: bool = True,
@@ -378,13 +393,7 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
     shard_of = parse_shard(shard)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    if isinstance(model, Adapter):
-        adapter, task = model, task or model.task
-        if task != adapter.task:
-            raise ValueError(f"the adapter was made for {adapter.task!r}, not {task!r}")
-    else:
-        task = task or "vqa"
-        adapter = get_adapter(model, size, adapter_dir=adapter_dir, use_options=use_options, task=task, **adapter_kw)
+    adapter, task = _adapter_for(model, size, task, adapter_dir, use_options, adapter_kw)
     run = run or run_name(adapter.name, adapter.size, frac=frac, prompt=adapter.prompt_style, postprocess=adapter.postprocessor,
                           use_options=adapter.use_options, regime=getattr(adapter, "regime", None),
                           adapter_dir=adapter_dir or adapter.adapter_dir, task=task)
@@ -393,7 +402,7 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
     qa = load_questions(work, task)
     adapter.prepare(qa)  # e.g. CLIP's 'all' regime: every distinct reference answer is a candidate
     selected = select_questions(qa, split, frac, seed)
-    root = images_root(work)
+    root = Study(work).images_root()
     cache_dir = work / "predictions" / ".cache" / run
     imported = import_input_caches(work, run)  # shards other sessions computed count as done
     cache = PredictionCache(cache_dir)
@@ -401,12 +410,8 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
     rows = selected.to_dict("records")
     for row in rows:
         row["_key"] = prediction_key(row["qa_id"], adapter, max_side)
-    done = cache.done()
-    mine = [r for r in rows if in_shard(r["qa_id"], shard_of, seed)]
-    batches = [[r for r in b if r["_key"] not in done] for b in plan_batches(mine, batch_size)]
-    batches = [b for b in batches if b]
+    mine, batches = _batches_to_compute(rows, cache.done(), shard_of, seed, batch_size)
     n_todo = sum(len(b) for b in batches)
-
     if workers is None:
         workers = max(1, adapter.profile.n_gpus) if adapter.device.startswith("cuda") else 1
     workers = max(1, min(workers, len(batches) or 1))
@@ -418,22 +423,14 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
     else:
         counters = _run_workers(workers, adapter, batches, root, cache_dir, batch_size, max_side, max_pixels, seed, progress)
 
-    records = cache.read()
-    out = []
-    for row in rows:
-        if (rec := records.get(row["_key"])) is not None:
-            out.append({**{k: rec.get(k) for k in PREDICTION_COLUMNS if k in rec}, "qa_id": row["qa_id"], "run": run,
-                        "model": adapter.name, "prompt_version": adapter.prompt_version})
-    df = pd.DataFrame(out, columns=PREDICTION_COLUMNS)
-    df["ok"] = df["ok"].astype(bool)
+    df = _predictions_frame(rows, cache.read(), run, adapter)
     atomic_write_parquet(df, work / "predictions" / f"{run}.parquet")
-    elapsed = time.perf_counter() - started
     stats = {"run": run, "task": task, "model": adapter.name, "size": adapter.size, "hub_id": adapter.hub_id, "fingerprint": adapter.fingerprint,
              "prompt_version": adapter.prompt_version, "prompt": adapter.prompt_style, "postprocess": adapter.postprocessor,
              "use_options": adapter.use_options, "split": split, "frac": frac, "seed": seed, "batch_size": batch_size,
              "workers": workers, "shard": shard, "n_imported_shards": imported, "n_selected": len(rows),
              "n_cached": len(mine) - n_todo, "n_written": len(df),
-             "n_ok": int(df["ok"].sum()), "complete": len(df) == len(rows), "seconds": round(elapsed, 3),
+             "n_ok": int(df["ok"].sum()), "complete": len(df) == len(rows), "seconds": round(time.perf_counter() - started, 3),
              **counters, "samples_per_s": round(counters["n_computed"] / counters["model_seconds"], 2) if counters["model_seconds"] else None}
     atomic_write_json(work / "predictions" / f"{run}.run.json", stats)
     df.attrs["stats"] = stats

@@ -26,10 +26,9 @@ __all__ = ['BERTSCORE_HUB_MODEL', 'WORDNET_LEXNAMES', 'DEBIAN_WORDNET', 'BLIND_R
            'word_overlap_f1', 'rouge_1', 'rouge_l', 'bleu', 'packaged_minilm_path', 'semantic_cosine', 'hub_reachable',
            'resolve_bertscore_model', 'bertscore', 'bertscore_f1', 'ensure_wordnet', 'meteor', 'wup_words', 'wups',
            'tiny_bart_path', 'bart_loglik', 'bart_score', 'bootstrap_means', 'bootstrap_ci', 'paired_bootstrap',
-           'mcnemar', 'answer_forms', 'blind_predictions', 'score_predictions', 'metric_columns', 'summarize',
-           'run_task', 'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'metric_correlation',
-           'caption_tokens', 'sentence_count', 'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions',
-           'evaluate_captions']
+           'mcnemar', 'answer_forms', 'blind_predictions', 'score_run', 'metric_columns', 'summarize', 'run_task',
+           'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'metric_correlation', 'caption_tokens',
+           'sentence_count', 'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions', 'evaluate_captions']
 
 # %% ../nbs/07_metrics.ipynb #97ca4938
 def exact_match(pred, ref) -> float:
@@ -480,9 +479,14 @@ QA_COLUMNS = ("question", "answer", "qtype", "difficulty", "split", "image_id", 
 DIFFICULTIES = ("easy", "medium", "hard")
 
 
-def score_predictions(preds: pd.DataFrame, qa: pd.DataFrame, semantic=None, bertscore_model: str | None = None,
-                      wordnet: bool = True, bart_model=None, skipped: dict | None = None) -> pd.DataFrame:
-    "One row per prediction found in `qa`: reference, normalized strings, answer form and one column per metric."
+def score_run(preds: pd.DataFrame, qa: pd.DataFrame, semantic=False, bertscore_model: str | None = None,
+              wordnet: bool = False, bart_model=None, skipped: dict | None = None) -> pd.DataFrame:
+    """A run scored against its questions, one row per prediction found in `qa`: reference, normalized strings, answer form
+    and one column per metric. A failed prediction (`ok` False) scores 0 on every bounded metric.
+
+    By default the lexical metrics only (exact match, VQA accuracy, token F1, ROUGE, BLEU: no model, no download), for a
+    notebook's first look; `evaluate` turns on WordNet (`wordnet`), MiniLM cosine (`semantic=None`: the packaged model),
+    BERTScore and BARTScore. What cannot be computed is recorded in `skipped`."""
     skipped = {} if skipped is None else skipped
     ref = qa[["qa_id", *[c for c in QA_COLUMNS if c in qa.columns]]].rename(columns={"answer": "reference"})
     rows = preds.rename(columns={"answer": "prediction"}).drop(columns=[c for c in QA_COLUMNS if c in preds.columns and c != "answer"])
@@ -523,6 +527,7 @@ def score_predictions(preds: pd.DataFrame, qa: pd.DataFrame, semantic=None, bert
     return rows
 
 
+# %% ../nbs/07_metrics.ipynb #5ae5ee32
 CAPTION_ONLY_METRICS = ("bleu4", "cider", "caption_words", "length_ok", "single_sentence")  # see "Captions" below
 
 
@@ -576,6 +581,92 @@ def _model_label(model) -> str | None:
     return "minilm" if str(model) == (packaged_minilm_path() or "") else str(model)
 
 
+def _evaluation_skips(bertscore_skip: str | None, bart_model, semantic) -> dict:
+    "The metrics the settings leave out, each with its reason (scoring adds those it cannot compute)."
+    skipped = {}
+    if bertscore_skip:
+        skipped.update({m: bertscore_skip for m in ("bertscore_p", "bertscore_r", "bertscore_f1")})
+    if not bart_model:
+        skipped["bart_score"] = "not requested (bart_model=None): 'tiny' for the offline random BART, facebook/bart-large-cnn with a hub"
+    if semantic is False:
+        skipped["semantic_cosine"] = "turned off (semantic=False)"
+    return skipped
+
+
+def _questions(work: Path) -> pd.DataFrame:
+    "WORK/qa/qa.parquet, each question with its product type (through its item_id) when the curated listings are there."
+    qa_path = work / "qa" / "qa.parquet"
+    if not qa_path.exists():
+        raise FileNotFoundError(f"{qa_path} not found: generate questions first (abovqa qagen --work {work})")
+    qa = pd.read_parquet(qa_path)
+    product_types = _product_types(work)
+    if "product_type" not in qa.columns and product_types is not None and "item_id" in qa.columns:
+        qa["product_type"] = qa["item_id"].map(product_types)
+    return qa
+
+
+def _with_blind_runs(runs: dict, qa: pd.DataFrame, skipped: dict) -> dict:
+    "The runs plus the blind baselines, answering the questions the runs were asked (a run of the same name wins)."
+    asked = set().union(*(set(p["qa_id"]) for p in runs.values()))
+    made = blind_predictions(qa, asked)
+    if not made:
+        skipped["blind baselines"] = "qa.parquet has no train split to learn the answer priors from"
+    return {**runs, **{name: preds for name, preds in made.items() if name not in runs}}
+
+
+def _evaluate_run(work: Path, name: str, preds: pd.DataFrame, qa: pd.DataFrame, n_boot: int, seed: int,
+                  **score_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Score one run into metrics/<run>.parquet; its summary row and its scored rows (with run, model, frac and kind)."
+    if "run" not in preds.columns:
+        preds["run"] = name
+    scored = score_run(preds, qa, **score_kw)
+    atomic_write_parquet(scored, work / "metrics" / f"{name}.parquet")
+    model = preds["model"].iloc[0] if "model" in preds.columns and len(preds) else name
+    info = _run_info(work, name)
+    scored = scored.assign(run=name, model=model, **info)
+    summary = summarize(scored, ["run"], n_boot=n_boot, seed=seed)
+    if summary.empty:
+        summary = pd.DataFrame([{"run": name, "n": 0, "n_failed": 0}])
+    for i, (column, value) in enumerate([("model", model), ("frac", info["frac"]), ("kind", info["kind"])]):
+        summary.insert(1 + i, column, value)
+    summary.insert(summary.columns.get_loc("n_failed") + 1, "n_unmatched", int((~preds["qa_id"].isin(qa["qa_id"])).sum()))
+    return summary, scored
+
+
+def _write_breakdowns(metrics_dir: Path, scored_runs: list[pd.DataFrame], n_boot: int, seed: int) -> pd.DataFrame:
+    "by_qtype, by_difficulty, by_product_type, by_frac and answer_forms.csv from the scored runs; all their rows in one table."
+    scored_runs = [s for s in scored_runs if len(s)]
+
+    def table(parts, columns):
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    by_qtype = [summarize(s, ["run", "qtype"], n_boot=n_boot, seed=seed) for s in scored_runs]
+    by_difficulty = [summarize(s.fillna({"difficulty": "(unknown)"}), ["run", "difficulty"], n_boot=n_boot, seed=seed)
+                     for s in scored_runs if "difficulty" in s.columns]
+    by_product = [summarize(s.fillna({"product_type": "(unknown)"}), ["run", "product_type"], n_boot=n_boot, seed=seed)
+                  for s in scored_runs if "product_type" in s.columns]
+    atomic_write_text(metrics_dir / "by_qtype.csv", table(by_qtype, ["run", "qtype", "n"]).to_csv(index=False))
+    atomic_write_text(metrics_dir / "by_difficulty.csv", table(by_difficulty, ["run", "difficulty", "n"]).to_csv(index=False))
+    atomic_write_text(metrics_dir / "by_product_type.csv", table(by_product, ["run", "product_type", "n"]).to_csv(index=False))
+    scored_all = table(scored_runs, ["run", "model", "kind", "frac", "form", "hedged", "n_words", "ok"])
+    # pretrained and fine-tuned runs of one model are separate series: averaging them would describe neither
+    by_frac = summarize(scored_all, ["model", "kind", "frac"], n_boot=n_boot, seed=seed) if len(scored_all) else pd.DataFrame(columns=["model", "kind", "frac", "n"])
+    atomic_write_text(metrics_dir / "by_frac.csv", by_frac.to_csv(index=False))
+    forms = answer_forms(scored_all) if len(scored_all) else pd.DataFrame(columns=["run", "n", *ANSWER_FORMS, "hedged", "mean_words"])
+    atomic_write_text(metrics_dir / "answer_forms.csv", forms.to_csv(index=False))
+    return scored_all
+
+
+def _write_evaluation_record(work: Path, qa: pd.DataFrame, runs: dict, scored_all: pd.DataFrame, metric_settings: dict) -> None:
+    "metrics/evaluation.json: what determines every number (the questions, each run's predictions, the metric settings) and its hash."
+    qa_path = work / "qa" / "qa.parquet"
+    config = {"questions": file_fingerprint(qa_path), "runs": {name: _run_fingerprint(work, name) for name in sorted(runs)},
+              "metrics": metric_settings}
+    scored_ids = set(scored_all["qa_id"]) if "qa_id" in scored_all.columns else set()
+    atomic_write_text(work / "metrics" / "evaluation.json", json.dumps(
+        {"config_hash": content_hash(config, n=12), "n_questions": len(scored_ids),
+         "splits": qa[qa["qa_id"].isin(scored_ids)]["split"].value_counts().sort_index().to_dict(), "config": config}, indent=2))
+
+
 def evaluate(work, semantic=None, bertscore_model: str | None = "auto", bart_model=None, wordnet: bool = True, blind: bool = True,
              n_boot: int = 1000, seed: int = 0, verbose: bool = True) -> pd.DataFrame:
     """Score every WORK/predictions/*.parquet against WORK/qa/qa.parquet; write WORK/metrics/*; return the summary (one row per run).
@@ -600,75 +691,20 @@ def evaluate(work, semantic=None, bertscore_model: str | None = "auto", bart_mod
                                          wordnet=wordnet, n_boot=n_boot, seed=seed, verbose=verbose) if caption_runs else None
     if not runs:
         return captions_summary
-    if not qa_path.exists():
-        raise FileNotFoundError(f"{qa_path} not found: generate questions first (abovqa qagen --work {work})")
-    qa = pd.read_parquet(qa_path)
-    product_types = _product_types(work)
-    if "product_type" not in qa.columns and product_types is not None and "item_id" in qa.columns:
-        qa["product_type"] = qa["item_id"].map(product_types)
-    metrics_dir = work / "metrics"
-    summaries, by_qtype, by_difficulty, by_product, all_scored, skipped = [], [], [], [], [], {}
-    if bertscore_skip:
-        skipped.update({m: bertscore_skip for m in ("bertscore_p", "bertscore_r", "bertscore_f1")})
-    if not bart_model:
-        skipped["bart_score"] = "not requested (bart_model=None): 'tiny' for the offline random BART, facebook/bart-large-cnn with a hub"
-    if semantic is False:
-        skipped["semantic_cosine"] = "turned off (semantic=False)"
+    qa = _questions(work)
+    skipped = _evaluation_skips(bertscore_skip, bart_model, semantic)
     runs = {path.stem: pd.read_parquet(path) for path in runs}
     if blind:
-        asked = set().union(*(set(p["qa_id"]) for p in runs.values()))
-        made = blind_predictions(qa, asked)
-        if not made:
-            skipped["blind baselines"] = "qa.parquet has no train split to learn the answer priors from"
-        runs.update({name: preds for name, preds in made.items() if name not in runs})
-    for name, preds in runs.items():
-        if "run" not in preds.columns:
-            preds["run"] = name
-        scored = score_predictions(preds, qa, semantic=semantic, bertscore_model=bertscore_model, wordnet=wordnet,
-                                   bart_model=bart_model, skipped=skipped)
-        atomic_write_parquet(scored, metrics_dir / f"{name}.parquet")
-        model = preds["model"].iloc[0] if "model" in preds.columns and len(preds) else name
-        info = _run_info(work, name)
-        scored = scored.assign(run=name, model=model, **info)
-        summary = summarize(scored, ["run"], n_boot=n_boot, seed=seed)
-        if summary.empty:
-            summary = pd.DataFrame([{"run": name, "n": 0, "n_failed": 0}])
-        for i, (column, value) in enumerate([("model", model), ("frac", info["frac"]), ("kind", info["kind"])]):
-            summary.insert(1 + i, column, value)
-        summary.insert(summary.columns.get_loc("n_failed") + 1, "n_unmatched", int((~preds["qa_id"].isin(qa["qa_id"])).sum()))
-        summaries.append(summary)
-        if len(scored):
-            by_qtype.append(summarize(scored, ["run", "qtype"], n_boot=n_boot, seed=seed))
-            if "difficulty" in scored.columns:
-                by_difficulty.append(summarize(scored.fillna({"difficulty": "(unknown)"}), ["run", "difficulty"], n_boot=n_boot, seed=seed))
-            if "product_type" in scored.columns:
-                by_product.append(summarize(scored.fillna({"product_type": "(unknown)"}), ["run", "product_type"], n_boot=n_boot, seed=seed))
-            all_scored.append(scored)
-    summary = pd.concat(summaries, ignore_index=True)
-    atomic_write_text(metrics_dir / "summary.csv", summary.to_csv(index=False))
-
-    def table(parts, columns):
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    atomic_write_text(metrics_dir / "by_qtype.csv", table(by_qtype, ["run", "qtype", "n"]).to_csv(index=False))
-    atomic_write_text(metrics_dir / "by_difficulty.csv", table(by_difficulty, ["run", "difficulty", "n"]).to_csv(index=False))
-    atomic_write_text(metrics_dir / "by_product_type.csv", table(by_product, ["run", "product_type", "n"]).to_csv(index=False))
-    scored_all = table(all_scored, ["run", "model", "kind", "frac", "form", "hedged", "n_words", "ok"])
-    # pretrained and fine-tuned runs of one model are separate series: averaging them would describe neither
-    by_frac = summarize(scored_all, ["model", "kind", "frac"], n_boot=n_boot, seed=seed) if len(scored_all) else pd.DataFrame(columns=["model", "kind", "frac", "n"])
-    atomic_write_text(metrics_dir / "by_frac.csv", by_frac.to_csv(index=False))
-    forms = answer_forms(scored_all) if len(scored_all) else pd.DataFrame(columns=["run", "n", *ANSWER_FORMS, "hedged", "mean_words"])
-    atomic_write_text(metrics_dir / "answer_forms.csv", forms.to_csv(index=False))
-    atomic_write_text(metrics_dir / "skipped.json", json.dumps(dict(sorted(skipped.items())), indent=2))
-    # what determines every number above: the questions, each run's predictions, the metric settings
-    config = {"questions": file_fingerprint(qa_path),
-              "runs": {name: _run_fingerprint(work, name) for name in sorted(runs)},
-              "metrics": {"semantic": _model_label(semantic if semantic is not None else packaged_minilm_path()),
-                          "bertscore_model": _model_label(bertscore_model), "bart_model": _model_label(bart_model),
-                          "wordnet": bool(wordnet) and "meteor" not in skipped, "blind": blind, "n_boot": n_boot, "seed": seed}}
-    scored_ids = set(scored_all["qa_id"]) if "qa_id" in scored_all.columns else set()
-    atomic_write_text(metrics_dir / "evaluation.json", json.dumps(
-        {"config_hash": content_hash(config, n=12), "n_questions": len(scored_ids),
-         "splits": qa[qa["qa_id"].isin(scored_ids)]["split"].value_counts().sort_index().to_dict(), "config": config}, indent=2))
+        runs = _with_blind_runs(runs, qa, skipped)
+    scored = [_evaluate_run(work, name, preds, qa, n_boot, seed, semantic=semantic, bertscore_model=bertscore_model, wordnet=wordnet,
+                            bart_model=bart_model, skipped=skipped) for name, preds in runs.items()]
+    summary = pd.concat([run_summary for run_summary, _ in scored], ignore_index=True)
+    atomic_write_text(work / "metrics" / "summary.csv", summary.to_csv(index=False))
+    scored_all = _write_breakdowns(work / "metrics", [rows for _, rows in scored], n_boot, seed)
+    atomic_write_text(work / "metrics" / "skipped.json", json.dumps(dict(sorted(skipped.items())), indent=2))
+    _write_evaluation_record(work, qa, runs, scored_all, {
+        "semantic": _model_label(semantic if semantic is not None else packaged_minilm_path()), "bertscore_model": _model_label(bertscore_model),
+        "bart_model": _model_label(bart_model), "wordnet": bool(wordnet) and "meteor" not in skipped, "blind": blind, "n_boot": n_boot, "seed": seed})
     if verbose:
         print(format_summary(summary))
         for metric, reason in sorted(skipped.items()):

@@ -164,9 +164,8 @@ def load_plan(plan) -> tuple[dict, Path | None]:
     return data, path.resolve().parent
 
 
-def parse_plan(plan, work=None) -> list[RunSpec]:
-    "Validated, expanded runs of a plan (YAML path or dict); raises `PlanError` listing every problem."
-    data, plan_dir = load_plan(plan)
+def _plan_entries(data: dict) -> tuple[dict, list[tuple[str, dict]], list[str]]:
+    "The plan's defaults, its runs and expanded matrices as (where, entry) pairs, and the problems of its top level."
     problems = [f"plan: unknown key {key!r} (expected {sorted(_PLAN_KEYS)})" for key in sorted(set(data) - _PLAN_KEYS)]
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -186,47 +185,63 @@ def parse_plan(plan, work=None) -> list[RunSpec]:
         entries += [(f"matrix[{e['name']}]", e) for e in expanded]
     if not entries and not problems:
         problems.append("plan: no runs (give 'runs' and/or 'matrix')")
+    return defaults, entries, problems
 
+
+def _entry_notebook(where: str, entry: dict, plan_dir: Path | None, problems: list) -> Path | None:
+    "The notebook a run entry names, resolved; None (and a problem) when it is missing or not found."
+    if "notebook" not in entry:
+        problems.append(f"{where}: missing 'notebook'")
+        return None
+    try:
+        return _resolve_notebook(entry["notebook"], plan_dir)
+    except FileNotFoundError as e:
+        problems.append(f"{where}: {e}")
+        return None
+
+
+def _run_spec(where: str, entry, defaults: dict, plan_dir: Path | None, work, seen: set) -> tuple[RunSpec | None, list[str]]:
+    "One run entry as a RunSpec (None when it is not even a mapping) and its problems; its name joins `seen`."
+    if not isinstance(entry, dict):
+        return None, [f"{where}: must be a mapping, got {entry!r}"]
+    problems = [f"{where}: unknown key {key!r}" for key in sorted(set(entry) - _RUN_KEYS)]
+    name = entry.get("name")
+    if not name or not _NAME_RE.match(str(name)):
+        problems.append(f"{where}: name {name!r} must be a non-empty directory name (letters, digits, . _ - + =)")
+    elif str(name) in seen:
+        problems.append(f"{where}: duplicate run name {name!r}")
+    notebook = _entry_notebook(where, entry, plan_dir, problems)
+    own = entry.get("parameters") or {}
+    if not isinstance(own, dict):
+        problems.append(f"{where}.parameters: must be a mapping, got {own!r}")
+        own = {}
+    parameters = {**(defaults.get("parameters") or {}), **({"work": str(work)} if work is not None else {}), **own}
+    problems += secret_problems(parameters, f"{where}.parameters")
+    try:
+        json.dumps(parameters, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{where}.parameters: not JSON-serialisable ({e})")
+    problems += _number_problems(entry, where)
+    depends_on = entry.get("depends_on") or []
+    depends_on = [depends_on] if isinstance(depends_on, str) else list(depends_on)
+    problems += [f"{where}.depends_on: {d!r} is not an earlier run" for d in depends_on if d not in seen]
+    if name:
+        seen.add(str(name))
+    return RunSpec(name=str(name), notebook=notebook, parameters=parameters, timeout=entry.get("timeout", defaults.get("timeout")),
+                   cell_timeout=entry.get("cell_timeout", defaults.get("cell_timeout")), depends_on=depends_on,
+                   gpus=entry.get("gpus", 1)), problems
+
+
+def parse_plan(plan, work=None) -> list[RunSpec]:
+    "Validated, expanded runs of a plan (YAML path or dict); raises `PlanError` listing every problem."
+    data, plan_dir = load_plan(plan)
+    defaults, entries, problems = _plan_entries(data)
     specs, seen = [], set()
     for where, entry in entries:
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: must be a mapping, got {entry!r}")
-            continue
-        problems += [f"{where}: unknown key {key!r}" for key in sorted(set(entry) - _RUN_KEYS)]
-        name = entry.get("name")
-        if not name or not _NAME_RE.match(str(name)):
-            problems.append(f"{where}: name {name!r} must be a non-empty directory name (letters, digits, . _ - + =)")
-        elif str(name) in seen:
-            problems.append(f"{where}: duplicate run name {name!r}")
-        if "notebook" not in entry:
-            problems.append(f"{where}: missing 'notebook'")
-            notebook = None
-        else:
-            try:
-                notebook = _resolve_notebook(entry["notebook"], plan_dir)
-            except FileNotFoundError as e:
-                problems.append(f"{where}: {e}")
-                notebook = None
-        own = entry.get("parameters") or {}
-        if not isinstance(own, dict):
-            problems.append(f"{where}.parameters: must be a mapping, got {own!r}")
-            own = {}
-        parameters = {**(defaults.get("parameters") or {}), **({"work": str(work)} if work is not None else {}), **own}
-        problems += secret_problems(parameters, f"{where}.parameters")
-        try:
-            json.dumps(parameters, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            problems.append(f"{where}.parameters: not JSON-serialisable ({e})")
-        problems += _number_problems(entry, where)
-        depends_on = entry.get("depends_on") or []
-        depends_on = [depends_on] if isinstance(depends_on, str) else list(depends_on)
-        problems += [f"{where}.depends_on: {d!r} is not an earlier run" for d in depends_on if d not in seen]
-        if name:
-            seen.add(str(name))
-        specs.append(RunSpec(name=str(name), notebook=notebook, parameters=parameters,
-                             timeout=entry.get("timeout", defaults.get("timeout")),
-                             cell_timeout=entry.get("cell_timeout", defaults.get("cell_timeout")),
-                             depends_on=depends_on, gpus=entry.get("gpus", 1)))
+        spec, entry_problems = _run_spec(where, entry, defaults, plan_dir, work, seen)
+        problems += entry_problems
+        if spec is not None:
+            specs.append(spec)
     if problems:
         raise PlanError("invalid plan:\n  - " + "\n  - ".join(problems))
     return specs
@@ -378,34 +393,19 @@ def run_fingerprint(spec: RunSpec, kernel: str = "python3") -> str:
     return content_hash(file_fingerprint(spec.notebook), spec.parameters, kernel)
 
 
-def execute_run(spec: RunSpec, run_dir, kernel: str = "python3", gpu_ids: list | None = None,
-                timeout: float | None = None, cwd=None) -> dict:
-    "Execute one run in a watched subprocess; write and return its status (never raises for a notebook's failure)."
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    executed, html, error_file = run_dir / f"{spec.notebook.stem}.ipynb", run_dir / f"{spec.notebook.stem}.html", run_dir / "error.json"
-    for stale in (executed, html, error_file):
-        stale.unlink(missing_ok=True)
+def _first_status(spec: RunSpec, run_dir: Path, kernel: str, gpu_ids: list | None, timeout: float | None, executed: Path) -> dict:
+    "The status of a run about to start: its attempt number and history carried over from the previous one."
     previous = _read_status(run_dir)
-    timeout = spec.timeout or timeout
-    status = {"name": spec.name, "notebook": str(spec.notebook), "kernel": kernel, "parameters": spec.parameters,
-              "fingerprint": run_fingerprint(spec, kernel), "attempt": previous.get("attempt", 0) + 1,
-              "history": previous.get("history", [])[-19:], "status": "running", "started": _now(), "finished": None,
-              "seconds": None, "timeout": timeout, "gpus": ",".join(gpu_ids) if gpu_ids is not None else None,
-              "executed": executed.name, "log": "run.log", "html": None, "html_error": None, "error": None,
-              "returncode": None, "pid": None}
-    atomic_write_json(run_dir / "parameters.json", spec.parameters)
-    atomic_write_json(run_dir / "status.json", status)
+    return {"name": spec.name, "notebook": str(spec.notebook), "kernel": kernel, "parameters": spec.parameters,
+            "fingerprint": run_fingerprint(spec, kernel), "attempt": previous.get("attempt", 0) + 1,
+            "history": previous.get("history", [])[-19:], "status": "running", "started": _now(), "finished": None,
+            "seconds": None, "timeout": timeout, "gpus": ",".join(gpu_ids) if gpu_ids is not None else None,
+            "executed": executed.name, "log": "run.log", "html": None, "html_error": None, "error": None,
+            "returncode": None, "pid": None}
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if gpu_ids is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-    cwd = str(Path(cwd or os.getcwd()).resolve())
-    command = [sys.executable, "-m", "abovqa.runs", str(spec.notebook), str(executed), "--parameters", str(run_dir / "parameters.json"),
-               "--error", str(error_file), "--kernel", kernel, "--cwd", cwd]
-    if spec.cell_timeout:
-        command += ["--cell-timeout", str(spec.cell_timeout)]
-    start = time.monotonic()
+
+def _watch(command: list[str], cwd: str, env: dict, run_dir: Path, status: dict, timeout: float | None) -> bool:
+    "Run the child with its output in run.log, its pid in the status; True when it outlived `timeout` (its process tree is then killed)."
     with open(run_dir / "run.log", "w") as log:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -413,16 +413,17 @@ def execute_run(spec: RunSpec, run_dir, kernel: str = "python3", gpu_ids: list |
         atomic_write_json(run_dir / "status.json", status)
         try:
             status["returncode"] = proc.wait(timeout=timeout)
-            timed_out = False
+            return False
         except subprocess.TimeoutExpired:
-            timed_out = True
+            return True
         finally:  # also on KeyboardInterrupt: never leave a kernel behind
             if proc.poll() is None:
                 _kill_tree(proc.pid)
             proc.wait()
-    status["seconds"] = round(time.monotonic() - start, 2)
-    status["finished"] = _now()
 
+
+def _settle(status: dict, timed_out: bool, timeout: float | None, run_dir: Path, executed: Path, error_file: Path) -> None:
+    "How the run ended (ok, failed, timeout) and why, from the child's exit, its error file and the executed notebook."
     if timed_out:
         status["status"] = "timeout"
         status["error"] = {"exception": "Timeout", "message": f"the run exceeded its {timeout:g} s wall-clock limit; its process tree was killed",
@@ -437,6 +438,34 @@ def execute_run(spec: RunSpec, run_dir, kernel: str = "python3", gpu_ids: list |
             tail = (run_dir / "run.log").read_text(errors="replace").strip().splitlines()[-3:]
             error = {"exception": "ProcessError", "message": f"exit code {status['returncode']}: " + " | ".join(tail)}
         status["error"] = {**error, **_interrupted_cell(executed)}  # the notebook knows the cell best
+
+
+def execute_run(spec: RunSpec, run_dir, kernel: str = "python3", gpu_ids: list | None = None,
+                timeout: float | None = None, cwd=None) -> dict:
+    "Execute one run in a watched subprocess; write and return its status (never raises for a notebook's failure)."
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executed, html, error_file = run_dir / f"{spec.notebook.stem}.ipynb", run_dir / f"{spec.notebook.stem}.html", run_dir / "error.json"
+    for stale in (executed, html, error_file):
+        stale.unlink(missing_ok=True)
+    timeout = spec.timeout or timeout
+    status = _first_status(spec, run_dir, kernel, gpu_ids, timeout, executed)
+    atomic_write_json(run_dir / "parameters.json", spec.parameters)
+    atomic_write_json(run_dir / "status.json", status)
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if gpu_ids is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+    cwd = str(Path(cwd or os.getcwd()).resolve())
+    command = [sys.executable, "-m", "abovqa.runs", str(spec.notebook), str(executed), "--parameters", str(run_dir / "parameters.json"),
+               "--error", str(error_file), "--kernel", kernel, "--cwd", cwd]
+    if spec.cell_timeout:
+        command += ["--cell-timeout", str(spec.cell_timeout)]
+    start = time.monotonic()
+    timed_out = _watch(command, cwd, env, run_dir, status, timeout)
+    status["seconds"] = round(time.monotonic() - start, 2)
+    status["finished"] = _now()
+    _settle(status, timed_out, timeout, run_dir, executed, error_file)
     if executed.exists():
         status["html_error"] = render_html(executed, html)
         status["html"] = html.name if status["html_error"] is None else None
@@ -472,6 +501,70 @@ def _ensure_session_clock() -> str:
     return os.environ["ABOVQA_SESSION_START"]
 
 
+def _skip_finished(specs: list[RunSpec], out: Path, kernel: str, retry_failed: bool) -> tuple[dict, list[RunSpec]]:
+    "The rows of the runs that need not run again (same fingerprint, ended ok, or failed and not to be retried), and the runs to do."
+    rows, pending = {}, []
+    for spec in specs:
+        run_dir = out / spec.name
+        previous = _read_status(run_dir)
+        same = previous.get("fingerprint") == run_fingerprint(spec, kernel)
+        finished_ok = previous.get("status") == "ok" and (run_dir / previous.get("executed", "-")).exists()
+        kept_failure = not retry_failed and previous.get("status") in {"failed", "timeout"}
+        upstream_reruns = any(p.name in spec.depends_on for p in pending)  # its inputs are about to change
+        if same and (finished_ok or kept_failure) and not upstream_reruns:
+            rows[spec.name] = _row(previous, "skipped", run_dir)
+        else:
+            pending.append(spec)
+    return rows, pending
+
+
+def _launch(spec: RunSpec, out: Path, ids: list | None, kernel: str, timeout: float | None, cwd: str) -> dict:
+    "execute_run, with a runner bug in one run recorded as its failure: it must not stop the batch."
+    try:
+        return execute_run(spec, out / spec.name, kernel=kernel, gpu_ids=ids, timeout=timeout, cwd=cwd)
+    except Exception as e:
+        status = {**_read_status(out / spec.name), "name": spec.name, "status": "failed", "finished": _now(),
+                  "error": {"exception": type(e).__name__, "message": f"runner error: {e}"}}
+        atomic_write_json(out / spec.name / "status.json", status)
+        return status
+
+
+def _block(spec: RunSpec, run_dir: Path, failed_deps: list[str]) -> dict:
+    "Record a run that cannot start because a dependency did not end ok; its row."
+    status = {**_read_status(run_dir), "name": spec.name, "notebook": str(spec.notebook), "status": "blocked",
+              "finished": _now(), "error": {"exception": "Blocked", "message": f"dependency {', '.join(failed_deps)} did not end ok"}}
+    atomic_write_json(run_dir / "status.json", status)
+    return _row(status, "blocked", run_dir)
+
+
+def _start_ready(pending: list, rows: dict, running: dict, free_gpus: list, submit, out: Path, parallel: int, gpus_per_run) -> list:
+    """Start pending runs in plan order while slots and GPUs allow (a run waits for its dependencies; later runs wait
+    behind it); block those whose dependencies failed. `gpus_per_run(spec)`: how many GPUs to pin (0: none). The GPUs left free."""
+    for spec in list(pending):
+        deps = [rows.get(d) for d in spec.depends_on]
+        failed_deps = [d["name"] for d in deps if d is not None and d["status"] != "ok"]
+        if failed_deps:
+            rows[spec.name] = _block(spec, out / spec.name, failed_deps)
+            pending.remove(spec)
+            continue
+        if any(d is None for d in deps):
+            continue  # a dependency is still running
+        need = gpus_per_run(spec)
+        if len(running) >= parallel or len(free_gpus) < need:
+            break  # plan order: later runs wait too
+        ids, free_gpus = (free_gpus[:need], free_gpus[need:]) if need else (None, free_gpus)
+        running[submit(spec, ids)] = (spec, ids)
+        pending.remove(spec)
+    return free_gpus
+
+
+def _stop_running(running: dict, out: Path) -> None:
+    "Kill the runs in flight; their status says failed, and the next call retries them."
+    for spec, _ids in running.values():
+        if pid := _read_status(out / spec.name).get("pid"):
+            _kill_tree(pid)
+
+
 def run_plan(plan, out=None, work=None, kernel: str = "python3", parallel: int | None = None, retry_failed: bool = True,
              default_timeout: float | None = None, gpus: list | None = None, verbose: bool = True) -> pd.DataFrame:
     """Execute a plan (YAML path or dict): one watched papermill subprocess per run, results under OUT/<name>/.
@@ -488,62 +581,22 @@ def run_plan(plan, out=None, work=None, kernel: str = "python3", parallel: int |
     pinned = bool(gpus) and parallel > 1
     free_gpus = list(gpus)
     cwd = os.getcwd()
-
-    rows: dict[str, dict] = {}
-    pending = []
-    for spec in specs:
-        run_dir = out / spec.name
-        previous = _read_status(run_dir)
-        same = previous.get("fingerprint") == run_fingerprint(spec, kernel)
-        finished_ok = previous.get("status") == "ok" and (run_dir / previous.get("executed", "-")).exists()
-        kept_failure = not retry_failed and previous.get("status") in {"failed", "timeout"}
-        upstream_reruns = any(p.name in spec.depends_on for p in pending)  # its inputs are about to change
-        if same and (finished_ok or kept_failure) and not upstream_reruns:
-            rows[spec.name] = _row(previous, "skipped", run_dir)
-        else:
-            pending.append(spec)
-
-    def launch(spec, ids):
-        try:
-            return execute_run(spec, out / spec.name, kernel=kernel, gpu_ids=ids, timeout=default_timeout, cwd=cwd)
-        except Exception as e:  # a runner bug in one run must not stop the batch
-            status = {**_read_status(out / spec.name), "name": spec.name, "status": "failed", "finished": _now(),
-                      "error": {"exception": type(e).__name__, "message": f"runner error: {e}"}}
-            atomic_write_json(out / spec.name / "status.json", status)
-            return status
-
+    rows, pending = _skip_finished(specs, out, kernel, retry_failed)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
+        def submit(spec, ids):
+            return pool.submit(_launch, spec, out, ids, kernel, default_timeout, cwd)
         running = {}
         while pending or running:
-            for spec in list(pending):
-                deps = [rows.get(d) for d in spec.depends_on]
-                failed_deps = [d["name"] for d in deps if d is not None and d["status"] != "ok"]
-                if failed_deps:
-                    run_dir = out / spec.name
-                    status = {**_read_status(run_dir), "name": spec.name, "notebook": str(spec.notebook), "status": "blocked",
-                              "finished": _now(), "error": {"exception": "Blocked", "message": f"dependency {', '.join(failed_deps)} did not end ok"}}
-                    atomic_write_json(run_dir / "status.json", status)
-                    rows[spec.name] = _row(status, "blocked", run_dir)
-                    pending.remove(spec)
-                    continue
-                if any(d is None for d in deps):
-                    continue  # a dependency is still running
-                need = min(spec.gpus, len(gpus)) if pinned else 0
-                if len(running) >= parallel or len(free_gpus) < need:
-                    break  # plan order: later runs wait too
-                ids, free_gpus = (free_gpus[:need], free_gpus[need:]) if pinned else (None, free_gpus)
-                running[pool.submit(launch, spec, ids)] = (spec, ids)
-                pending.remove(spec)
+            free_gpus = _start_ready(pending, rows, running, free_gpus, submit, out, parallel,
+                                     lambda spec: min(spec.gpus, len(gpus)) if pinned else 0)
             if not running:
                 if pending:  # cannot happen for a validated plan (dependencies point backwards)
                     raise RuntimeError(f"runs {[s.name for s in pending]} can never start")
                 break
             try:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:  # stop the runs in flight; their status says failed, the next call retries them
-                for spec, _ids in running.values():
-                    if pid := _read_status(out / spec.name).get("pid"):
-                        _kill_tree(pid)
+            except KeyboardInterrupt:
+                _stop_running(running, out)
                 raise
             for future in done:
                 spec, ids = running.pop(future)

@@ -311,6 +311,29 @@ def _name(p: _Product, lang: str, rng: random.Random) -> str:
 
 
 
+def _english_attributes(record: dict, p: _Product, attr_tag: str, rng: random.Random) -> None:
+    "The attributes that have no translation table, in English, into `record`."
+    t = p.product_type
+    if rng.random() > 0.1:
+        record["material"] = _tagged(attr_tag, p.material)
+    if rng.random() > 0.3:
+        record["style"] = _tagged(attr_tag, p.style)
+    if rng.random() > 0.4:
+        record["pattern"] = _tagged(attr_tag, "Solid")
+    if t.fabric and rng.random() > 0.3:
+        record["fabric_type"] = _tagged(attr_tag, rng.choice(FABRICS))
+    if t.finish and rng.random() > 0.3:
+        record["finish_type"] = _tagged(attr_tag, rng.choice(FINISHES))
+    keywords = [t.noun.lower(), p.color, p.shape, p.material.lower(), p.style.lower(), t.name.lower().replace("_", " ")]
+    record["item_keywords"] = _tagged(attr_tag, *keywords[: rng.randint(2, len(keywords))])
+    bullets = [f"{SET_OF['en'].format(n=p.n_parts) if p.n_parts > 1 else 'One'} {p.shape} {(t.plural if p.n_parts > 1 else t.noun).lower()} in {p.color}",
+               f"Made of {p.material.lower()}", f"{p.style} design that fits any room", "Easy to clean and maintain"]
+    record["bullet_point"] = _tagged(attr_tag, *bullets[: rng.randint(1, 4)])
+    if rng.random() < 0.35:
+        record["product_description"] = _tagged(attr_tag, f"This {p.color} {t.noun.lower()} comes as a {p.shape} "
+                                                          f"{'piece' if p.n_parts == 1 else f'set of {p.n_parts}'} by {p.brand}.")
+
+
 def _listing(p: _Product, domain: tuple, mode: str, rng: random.Random) -> dict:
     "One ABO listing record of product `p` in `domain`; mode is 'english', 'native' or 'mixed'."
     domain_name, country, tag, _ = domain
@@ -339,24 +362,7 @@ def _listing(p: _Product, domain: tuple, mode: str, rng: random.Random) -> dict:
         shape_lang = lang if native else "en"
         record["item_shape"] = _tagged(tag if native else attr_tag, SHAPE_NAMES[shape_lang].split()[SHAPES.index(p.shape)])
     if mode != "native":  # attributes with no translation table are English (that is what makes a listing mixed)
-        if rng.random() > 0.1:
-            record["material"] = _tagged(attr_tag, p.material)
-        if rng.random() > 0.3:
-            record["style"] = _tagged(attr_tag, p.style)
-        if rng.random() > 0.4:
-            record["pattern"] = _tagged(attr_tag, "Solid")
-        if t.fabric and rng.random() > 0.3:
-            record["fabric_type"] = _tagged(attr_tag, rng.choice(FABRICS))
-        if t.finish and rng.random() > 0.3:
-            record["finish_type"] = _tagged(attr_tag, rng.choice(FINISHES))
-        keywords = [t.noun.lower(), p.color, p.shape, p.material.lower(), p.style.lower(), t.name.lower().replace("_", " ")]
-        record["item_keywords"] = _tagged(attr_tag, *keywords[: rng.randint(2, len(keywords))])
-        bullets = [f"{SET_OF['en'].format(n=p.n_parts) if p.n_parts > 1 else 'One'} {p.shape} {(t.plural if p.n_parts > 1 else t.noun).lower()} in {p.color}",
-                   f"Made of {p.material.lower()}", f"{p.style} design that fits any room", "Easy to clean and maintain"]
-        record["bullet_point"] = _tagged(attr_tag, *bullets[: rng.randint(1, 4)])
-        if rng.random() < 0.35:
-            record["product_description"] = _tagged(attr_tag, f"This {p.color} {t.noun.lower()} comes as a {p.shape} "
-                                                              f"{'piece' if p.n_parts == 1 else f'set of {p.n_parts}'} by {p.brand}.")
+        _english_attributes(record, p, attr_tag, rng)
     else:
         record["item_keywords"] = _tagged(tag, p.product_type.translations[["de", "fr", "es", "it", "ja", "zh"].index(lang)],
                                           COLOR_NAMES[lang].split()[list(COLORS).index(p.color)])
@@ -405,20 +411,10 @@ def _encode(image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _plan(n_listings: int, seed: int, defects: bool):
-    "Products, listing records and images of a sample, as plain data (no files written)."
-    rng = random.Random(f"abovqa-sample-{seed}")
-    images: dict[str, _Image] = {}
-    used_ids: set[str] = set(PROBLEM_IMAGE_IDS) | set(GENERIC_IMAGE_IDS)
-
-    def new_image_id():
-        while (image_id := _image_id(rng)) in used_ids:
-            pass
-        used_ids.add(image_id)
-        return image_id
-
+def _products(rng: random.Random, n_listings: int, images: dict, new_image_id) -> tuple[list, list]:
+    "Products, each with its product images (added to `images`), and their listings as (product, domain, mode), `n_listings` of them."
     type_weights = [t.weight for t in PRODUCT_TYPES]
-    products, listings = [], []  # listings: (product, domain, mode)
+    products, listings = [], []
     while len(listings) < n_listings:
         t = _weighted(rng, PRODUCT_TYPES, type_weights)
         p = _Product(item_id=_item_id(rng), product_type=t, color=rng.choice(list(COLORS)), shape=rng.choice(SHAPES),
@@ -435,8 +431,11 @@ def _plan(n_listings: int, seed: int, defects: bool):
         for domain in _distinct_domains(rng, n_domains):
             mode = "english" if domain[2].startswith("en_") else rng.choice(["native", "mixed"])
             listings.append((p, domain, mode))
+    return products, listings
 
-    # The seed-000 problem ids replace the main image of three products (broken files when defects=True).
+
+def _plant_defects(rng: random.Random, products: list, images: dict, defects: bool) -> None:
+    "The seed-000 problem ids replace the main image of three products (broken files when defects=True)."
     problem_products = rng.sample(products, k=min(3, len(products)))
     for p, problem_id, defect in zip(problem_products, PROBLEM_IMAGE_IDS, ["truncated", "empty", "missing"]):
         image = images.pop(p.images[0])
@@ -447,6 +446,9 @@ def _plan(n_listings: int, seed: int, defects: bool):
         mislabeled = next(i for i in images.values() if i.kind == "product" and i.defect is None and i.ext == "jpg")
         mislabeled.defect = "png_named_jpg"
 
+
+def _shared_images(rng: random.Random, n_listings: int, images: dict, new_image_id) -> list[str]:
+    "The generic images (the same picture on many items) and the brand banners, added to `images`; the banners' ids."
     for k, image_id in enumerate(GENERIC_IMAGE_IDS):
         images[image_id] = _Image(image_id, "generic", (256, 256), label=f"generic-{k}")
     banners = []
@@ -455,7 +457,11 @@ def _plan(n_listings: int, seed: int, defects: bool):
         images[image_id] = _Image(image_id, "banner", _weighted(rng, [(256, 48), (256, 40), (240, 56)], [1, 1, 1]),
                                   label=rng.choice(BRANDS))
         banners.append(image_id)
+    return banners
 
+
+def _records(rng: random.Random, listings: list, banners: list[str], n_listings: int) -> list[dict]:
+    "The listing records with their images: a few without a main image, a few with a banner as main, generic images on many items."
     records = []
     order = list(range(len(listings)))
     no_main = set(rng.sample(order, k=max(1 if n_listings >= 50 else 0, round(0.02 * n_listings))))
@@ -480,6 +486,25 @@ def _plan(n_listings: int, seed: int, defects: bool):
         if others:
             record["other_image_id"] = others
         records.append(record)
+    return records
+
+
+def _plan(n_listings: int, seed: int, defects: bool):
+    "Products, listing records and images of a sample, as plain data (no files written)."
+    rng = random.Random(f"abovqa-sample-{seed}")  # one stream, drawn from in a fixed order: the sample is a function of the seed
+    images: dict[str, _Image] = {}
+    used_ids: set[str] = set(PROBLEM_IMAGE_IDS) | set(GENERIC_IMAGE_IDS)
+
+    def new_image_id():
+        while (image_id := _image_id(rng)) in used_ids:
+            pass
+        used_ids.add(image_id)
+        return image_id
+
+    products, listings = _products(rng, n_listings, images, new_image_id)
+    _plant_defects(rng, products, images, defects)
+    banners = _shared_images(rng, n_listings, images, new_image_id)
+    records = _records(rng, listings, banners, n_listings)
     rng.shuffle(records)
     return records, images
 

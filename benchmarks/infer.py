@@ -30,8 +30,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from abovqa.core import Study
 from abovqa.curate import curate
-from abovqa.infer import images_root, load_image, load_questions
+from abovqa.infer import load_image, load_questions
 from abovqa.models import COMMON_ANSWERS, REGISTRY, get_adapter, models_for
 from abovqa.qagen import generate
 from abovqa.sample import sample_root
@@ -185,7 +186,7 @@ def main():
     work = Path(tempfile.mkdtemp()) / "work"
     curate(sample_root(), work)
     generate(work, verbose=False)
-    qa, root = load_questions(work), images_root(work)
+    qa, root = load_questions(work), Study(work).images_root()
     rows = qa.sample(n=min(args.n, len(qa)), random_state=0)
     items = [{"image": load_image(root / p), "question": q, "options": o} for p, q, o in zip(rows.image_path, rows.question, rows.options)]
     names = models_for("vqa") + [f"{m}:caption" for m in models_for("caption")] if args.models is None else args.models

@@ -29,7 +29,7 @@ def measure(work, kit: bool, steps: int, seed: int = 0) -> float:
     from abovqa.core import detect_hardware, seed_everything
     from abovqa.finetune import (VqaCollator, VqaDataset, load_lora_model, load_split, loader_settings, precision_settings,
                                  resolve_config)
-    from abovqa.infer import images_root
+    from abovqa.core import Study
     from abovqa.models import get_adapter, torch_threads
 
     seed_everything(seed)
@@ -37,7 +37,7 @@ def measure(work, kit: bool, steps: int, seed: int = 0) -> float:
     adapter = get_adapter("blip-vqa-base", "tiny")
     cfg = resolve_config("blip-lora", "demo")
     model, processor = load_lora_model(adapter, cfg, profile)
-    data = VqaDataset(load_split(work, "train"), images_root(work), adapter.spec.prompt)
+    data = VqaDataset(load_split(work, "train"), Study(work).images_root(), adapter.spec.prompt)
     if kit:
         settings = precision_settings(profile) | loader_settings(profile)
     else:

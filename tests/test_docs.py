@@ -40,7 +40,8 @@ def work(tmp_path_factory):
 def site(work, tmp_path_factory):
     out = tmp_path_factory.mktemp("docs") / "_site"
     code = "import sys; from abovqa.docs import build_docs; build_docs(sys.argv[1], work=sys.argv[2])"
-    done = subprocess.run([sys.executable, "-c", code, str(out), str(work)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    # the library notebooks' examples run while building (as long as nbdev_test takes on them): 13 min on a busy 2-core machine
+    done = subprocess.run([sys.executable, "-c", code, str(out), str(work)], cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)
     return out
@@ -132,6 +133,9 @@ def test_every_notebook_is_a_page(site):
     assert "#| export" not in core and ">source</a>" in core and "{target=" not in core
     curate = (site / "pipeline" / "curate.html").read_text()
     assert 'src="data:image/png;base64,' in curate and "batch run <code>10_curate</code>" in curate
+    metrics = (site / "metrics.html").read_text()  # a library notebook's examples ran while the site was built
+    assert re.search(r'<img\b[^>]*\bsrc="data:image/png;base64,', metrics), "07_metrics' figure is on its page"
+    assert pages["metrics.html"]["errors"] == [] and manifest["executed"]
     for page in site.rglob("*.html"):  # nothing fetched from elsewhere: the site works offline and from disk
         assert not re.search(r'<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)="(?:https?:)?//', page.read_text()), page
     for name in ("_quarto.yml", "nbdev.yml", "sidebar.yml", "styles.css"):  # the Quarto configuration, for nbdev_docs

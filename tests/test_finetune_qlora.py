@@ -64,12 +64,12 @@ def test_qlora_qwen_learns_saves_reloads_predicts(study, tmp_path):
 
 def test_options_switch_changes_training_prompt(study, tmp_path):
     from abovqa.finetune import VqaDataset, load_split, sft_rows
-    from abovqa.infer import images_root
+    from abovqa.core import Study
     from abovqa.models import get_adapter
     rows = load_split(study, "train").head(6)
     assert rows.options.map(lambda o: o is not None and len(o) == 4).all()
-    plain = sft_rows(VqaDataset(rows, images_root(study), "instruct"))
-    shown = sft_rows(VqaDataset(rows, images_root(study), "instruct", use_options=True))
+    plain = sft_rows(VqaDataset(rows, Study(study).images_root(), "instruct"))
+    shown = sft_rows(VqaDataset(rows, Study(study).images_root(), "instruct", use_options=True))
     for i, row in enumerate(rows.itertuples()):
         text_plain, text_shown = (d[i]["prompt"][0]["content"][1]["text"] for d in (plain, shown))
         assert text_plain != text_shown and all(str(o) in text_shown for o in row.options)

@@ -67,8 +67,8 @@ def _with_private_images(work: Path) -> Path:
     stats["images_root"] = str(root)
     stats_path.write_text(json.dumps(stats))
     if (work / "curated" / "listings.parquet").exists():  # load_curated may read the root from elsewhere
-        from abovqa.infer import images_root
-        assert images_root(work) == root, "images_root must follow curated/stats.json"
+        from abovqa.core import Study
+        assert Study(work).images_root() == root, "images_root must follow curated/stats.json"
     return root
 
 
@@ -226,6 +226,7 @@ def test_predict_with_and_without_options_writes_two_runs(work, capsys):
     options_run = work / "predictions" / "blip-vqa-base-tiny-50pct-options.parquet"
     with_options = options_run.read_bytes()
     assert main(base) == 0
+    assert capsys.readouterr().out.strip().endswith(str(work / "predictions" / "blip-vqa-base-tiny-50pct.parquet")), "the CLI names the run's file"
     plain = pd.read_parquet(work / "predictions" / "blip-vqa-base-tiny-50pct.parquet")
     assert options_run.read_bytes() == with_options, "the plain run left the options run alone"
     shown = pd.read_parquet(options_run)
