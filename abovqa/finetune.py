@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from .core import Study, TimeBudget, atomic_write_json, content_hash, detect_hardware, input_roots, seed_everything
+from .images import ImageError, header_problem, load_image
 
 # %% auto #0
 __all__ = ['BLIP_TIED_HEAD', 'SEED003_TARGETS', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES',
@@ -220,26 +221,13 @@ def resolve_config(recipe: str, config: str | None = None, size: str = "tiny", *
     return replace(base, **overrides)
 
 # %% ../nbs/08_finetune.ipynb #47a59328
-def _image_header_ok(path: Path) -> str | None:
-    "None when PIL recognises the file's header, else why not (cheap: no pixel is decoded)."
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            im.size
-        return None
-    except FileNotFoundError:
-        return "image file missing"
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        return f"unreadable image: {type(e).__name__}"
-
-
 class VqaDataset:
     "Questions of one split as {image, prompt, answer} items; images are decoded on access."
 
     def __init__(self, rows: pd.DataFrame, images_root, prompt_style: str = "bare", use_options: bool = False):
         from abovqa.models import format_prompt
         root = Path(images_root)
-        problems = {p: _image_header_ok(root / p) for p in rows["image_path"].unique()}
+        problems = {p: header_problem(root / p) for p in rows["image_path"].unique()}
         reasons = rows["image_path"].map(problems)
         self.skipped = rows[reasons.notna().to_numpy()].assign(reason=reasons[reasons.notna()].to_numpy())
         rows = rows[reasons.isna().to_numpy()].reset_index(drop=True)
@@ -258,7 +246,6 @@ class VqaDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from abovqa.infer import ImageError, load_image
         for k in range(len(self.paths)):  # a file that passed the header check but fails to decode: the next item stands in
             j = (i + k) % len(self.paths)
             try:

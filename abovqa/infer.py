@@ -5,86 +5,38 @@
 # %% ../nbs/06_infer.ipynb #b1ad2cb7
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from .captions import load_captions
 from .core import Study, atomic_write_json, atomic_write_parquet, content_hash, input_roots, seed_everything
+from .curate import OOD_SPLIT
+from .images import MAX_PIXELS, MAX_SIDE, ImageError, load_image
 from .models import Adapter, get_adapter
 
 # %% auto #0
-__all__ = ['MAX_SIDE', 'MAX_PIXELS', 'TASKS', 'PREDICTION_COLUMNS', 'ImageError', 'load_image', 'load_questions',
-           'select_questions', 'PredictionCache', 'ShardWriter', 'prediction_key', 'Outcome', 'is_oom', 'predict_items',
-           'plan_batches', 'run_batches', 'parse_shard', 'in_shard', 'import_input_caches', 'run_name', 'predict']
+__all__ = ['TASKS', 'PREDICTION_COLUMNS', 'load_questions', 'select_questions', 'PredictionCache', 'ShardWriter',
+           'prediction_key', 'Outcome', 'is_oom', 'predict_items', 'plan_batches', 'run_batches', 'parse_shard',
+           'in_shard', 'import_input_caches', 'run_name', 'predict']
 
 # %% ../nbs/06_infer.ipynb #12ad5819
-MAX_SIDE = 1024  # bigger than any processor's input; caps memory per image
-MAX_PIXELS = 40_000_000  # most pixels ever decoded: a larger image is read at reduced scale (JPEG) or refused undecoded
-_PIL_LIMIT = threading.Lock()
-
-
-@contextlib.contextmanager
-def _own_bomb_guard():
-    "PIL's global decompression-bomb limit lifted while this thread opens an image (load_image checks what is decoded instead)."
-    import warnings
-    from PIL import Image
-    with _PIL_LIMIT, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-
-
-class ImageError(ValueError):
-    "An image that cannot or must not be read."
-
-
-def load_image(path, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS):
-    "An RGB PIL image no larger than `max_side`, or `ImageError` saying why not."
-    from PIL import Image
-    try:
-        with _own_bomb_guard():  # only the open checks PIL's limit: decoding below runs outside the lock
-            im = Image.open(path)
-        with im:
-            width, height = im.size
-            im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2-1/8 scale; other formats: no-op
-            if im.size[0] * im.size[1] > max_pixels:
-                raise ImageError(f"decompression-bomb guard: {width}x{height} {im.format} would decode "
-                                 f"{im.size[0] * im.size[1]} pixels > {max_pixels}")
-            img = im.convert("RGB")
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"unreadable image {Path(path).name}: {type(e).__name__}: {e}") from None
-    if max(img.size) > max_side:
-        img.thumbnail((max_side, max_side))
-    return img
-
-
 TASKS = ("vqa", "caption")
 
 
 def load_questions(work, task: str = "vqa") -> pd.DataFrame:
-    "The rows to predict: WORK/qa/qa.parquet, or for `task='caption'` WORK/captions/captions.parquet (same columns)."
+    "The rows to predict: the study's questions, or for `task='caption'` its reference captions (same columns)."
     if task == "caption":
-        from abovqa.captions import load_captions
         return load_captions(work)
     if task != "vqa":
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
-    path = Path(work) / "qa" / "qa.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the question-generation stage first")
-    return pd.read_parquet(path)
+    return Study(work).read_qa()
 
 # %% ../nbs/06_infer.ipynb #d2803d3c
 def _unit(qa_id: str, seed: int) -> float:
@@ -92,10 +44,14 @@ def _unit(qa_id: str, seed: int) -> float:
 
 
 def select_questions(qa: pd.DataFrame, split: str | None = "test", frac: float = 1.0, seed: int = 42) -> pd.DataFrame:
-    "The questions of `split` ('all'/None: every split) whose hash falls in the first `frac` of [0, 1)."
+    """The questions of `split` ('all'/None: every split) whose hash falls in the first `frac` of [0, 1).
+
+    'test' also takes the held-out product types (`OOD_SPLIT`, when curation made one): one run answers both, and the
+    evaluation reports them apart (in-distribution headline, out-of-distribution column)."""
     if not 0 < frac <= 1:
         raise ValueError(f"frac must be in (0, 1], not {frac}")
-    rows = qa if split in (None, "all") else qa[qa["split"] == split]
+    wanted = {"test", OOD_SPLIT} if split == "test" else {split}
+    rows = qa if split in (None, "all") else qa[qa["split"].isin(wanted)]
     if rows.empty:
         raise ValueError(f"no questions in split {split!r}; splits present: {sorted(qa['split'].unique())}")
     keep = rows["qa_id"].map(lambda q: _unit(q, seed) < frac) if frac < 1 else pd.Series(True, index=rows.index)
@@ -325,7 +281,7 @@ def import_input_caches(work, run: str, roots=None) -> int:
 
 # %% ../nbs/06_infer.ipynb #4fafa233
 def run_name(model: str, size: str = "tiny", *, frac: float = 1.0, prompt: str | None = None, postprocess: str | None = None,
-             use_options: bool = False, regime: str | None = None, adapter_dir=None, task: str = "vqa") -> str:
+             use_options: bool = False, regime: str | None = None, adapter_dir=None, task: str = "vqa", split: str | None = "test") -> str:
     "The default run name: `<model>-<size>`, then only the settings that differ from the model's defaults."
     from abovqa.models import get_spec
     spec = get_spec(model)
@@ -334,6 +290,8 @@ def run_name(model: str, size: str = "tiny", *, frac: float = 1.0, prompt: str |
         parts.append(Path(adapter_dir).name)
     if task == "caption" and not (adapter_dir and "caption" in Path(adapter_dir).name):
         parts.append("caption")
+    if split != "test":  # another split is another run, never an overwrite of the test one
+        parts.append(split or "all")
     if frac < 1:
         parts.append(f"{frac * 100:g}pct")
     if task != "caption":  # captions have one prompt and one cleaner per family
@@ -396,7 +354,7 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
     adapter, task = _adapter_for(model, size, task, adapter_dir, use_options, adapter_kw)
     run = run or run_name(adapter.name, adapter.size, frac=frac, prompt=adapter.prompt_style, postprocess=adapter.postprocessor,
                           use_options=adapter.use_options, regime=getattr(adapter, "regime", None),
-                          adapter_dir=adapter_dir or adapter.adapter_dir, task=task)
+                          adapter_dir=adapter_dir or adapter.adapter_dir, task=task, split=split)
     started = time.perf_counter()
     seed_everything(seed)
     qa = load_questions(work, task)
@@ -424,7 +382,7 @@ def predict(work, model, size: str = "tiny", split: str | None = "test", frac: f
         counters = _run_workers(workers, adapter, batches, root, cache_dir, batch_size, max_side, max_pixels, seed, progress)
 
     df = _predictions_frame(rows, cache.read(), run, adapter)
-    atomic_write_parquet(df, work / "predictions" / f"{run}.parquet")
+    atomic_write_parquet(df, Study(work).prediction(run))
     stats = {"run": run, "task": task, "model": adapter.name, "size": adapter.size, "hub_id": adapter.hub_id, "fingerprint": adapter.fingerprint,
              "prompt_version": adapter.prompt_version, "prompt": adapter.prompt_style, "postprocess": adapter.postprocessor,
              "use_options": adapter.use_options, "split": split, "frac": frac, "seed": seed, "batch_size": batch_size,

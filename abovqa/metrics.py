@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .captions import load_captions
-from .core import atomic_write_parquet, atomic_write_text, content_hash, file_fingerprint
+from .core import (MissingStageError, Study, atomic_write_parquet, atomic_write_text, content_hash, file_fingerprint,
+                         missing_stage_message)
+from .curate import OOD_SPLIT
 from .text import ANSWER_FORMS, answer_form, answer_words, is_hedged, vqa_normalize
 
 # %% auto #0
@@ -27,8 +29,9 @@ __all__ = ['BERTSCORE_HUB_MODEL', 'WORDNET_LEXNAMES', 'DEBIAN_WORDNET', 'BLIND_R
            'resolve_bertscore_model', 'bertscore', 'bertscore_f1', 'ensure_wordnet', 'meteor', 'wup_words', 'wups',
            'tiny_bart_path', 'bart_loglik', 'bart_score', 'bootstrap_means', 'bootstrap_ci', 'paired_bootstrap',
            'mcnemar', 'answer_forms', 'blind_predictions', 'score_run', 'metric_columns', 'summarize', 'run_task',
-           'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'metric_correlation', 'caption_tokens',
-           'sentence_count', 'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions', 'evaluate_captions']
+           'in_distribution', 'evaluate', 'format_summary', 'compare_runs', 'comparison_table', 'metric_correlation',
+           'caption_tokens', 'sentence_count', 'cider_d', 'corpus_bleu4', 'sentence_bleu4', 'score_captions',
+           'evaluate_captions']
 
 # %% ../nbs/07_metrics.ipynb #97ca4938
 def exact_match(pred, ref) -> float:
@@ -594,11 +597,8 @@ def _evaluation_skips(bertscore_skip: str | None, bart_model, semantic) -> dict:
 
 
 def _questions(work: Path) -> pd.DataFrame:
-    "WORK/qa/qa.parquet, each question with its product type (through its item_id) when the curated listings are there."
-    qa_path = work / "qa" / "qa.parquet"
-    if not qa_path.exists():
-        raise FileNotFoundError(f"{qa_path} not found: generate questions first (abovqa qagen --work {work})")
-    qa = pd.read_parquet(qa_path)
+    "The study's questions, each question with its product type (through its item_id) when the curated listings are there."
+    qa = Study(work).read_qa()
     product_types = _product_types(work)
     if "product_type" not in qa.columns and product_types is not None and "item_id" in qa.columns:
         qa["product_type"] = qa["item_id"].map(product_types)
@@ -614,6 +614,11 @@ def _with_blind_runs(runs: dict, qa: pd.DataFrame, skipped: dict) -> dict:
     return {**runs, **{name: preds for name, preds in made.items() if name not in runs}}
 
 
+def in_distribution(scored: pd.DataFrame) -> pd.DataFrame:
+    "The rows of the splits curation drew at random: the held-out product types (OOD_SPLIT) are reported apart, never pooled in."
+    return scored[scored["split"] != OOD_SPLIT] if "split" in scored.columns else scored
+
+
 def _evaluate_run(work: Path, name: str, preds: pd.DataFrame, qa: pd.DataFrame, n_boot: int, seed: int,
                   **score_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Score one run into metrics/<run>.parquet; its summary row and its scored rows (with run, model, frac and kind)."
@@ -624,7 +629,7 @@ def _evaluate_run(work: Path, name: str, preds: pd.DataFrame, qa: pd.DataFrame, 
     model = preds["model"].iloc[0] if "model" in preds.columns and len(preds) else name
     info = _run_info(work, name)
     scored = scored.assign(run=name, model=model, **info)
-    summary = summarize(scored, ["run"], n_boot=n_boot, seed=seed)
+    summary = summarize(in_distribution(scored), ["run"], n_boot=n_boot, seed=seed)
     if summary.empty:
         summary = pd.DataFrame([{"run": name, "n": 0, "n_failed": 0}])
     for i, (column, value) in enumerate([("model", model), ("frac", info["frac"]), ("kind", info["kind"])]):
@@ -635,7 +640,7 @@ def _evaluate_run(work: Path, name: str, preds: pd.DataFrame, qa: pd.DataFrame, 
 
 def _write_breakdowns(metrics_dir: Path, scored_runs: list[pd.DataFrame], n_boot: int, seed: int) -> pd.DataFrame:
     "by_qtype, by_difficulty, by_product_type, by_frac and answer_forms.csv from the scored runs; all their rows in one table."
-    scored_runs = [s for s in scored_runs if len(s)]
+    scored_runs = [in_distribution(s) for s in scored_runs if len(s)]
 
     def table(parts, columns):
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
@@ -658,8 +663,7 @@ def _write_breakdowns(metrics_dir: Path, scored_runs: list[pd.DataFrame], n_boot
 
 def _write_evaluation_record(work: Path, qa: pd.DataFrame, runs: dict, scored_all: pd.DataFrame, metric_settings: dict) -> None:
     "metrics/evaluation.json: what determines every number (the questions, each run's predictions, the metric settings) and its hash."
-    qa_path = work / "qa" / "qa.parquet"
-    config = {"questions": file_fingerprint(qa_path), "runs": {name: _run_fingerprint(work, name) for name in sorted(runs)},
+    config = {"questions": file_fingerprint(Study(work).qa), "runs": {name: _run_fingerprint(work, name) for name in sorted(runs)},
               "metrics": metric_settings}
     scored_ids = set(scored_all["qa_id"]) if "qa_id" in scored_all.columns else set()
     atomic_write_text(work / "metrics" / "evaluation.json", json.dumps(
@@ -678,9 +682,9 @@ def evaluate(work, semantic=None, bertscore_model: str | None = "auto", bart_mod
     Caption runs (`task: caption` in their run.json) are scored against WORK/captions/captions.parquet by `evaluate_captions`
     into metrics/captions_summary.csv; with no VQA run at all, that summary is returned."""
     work = Path(work)
-    qa_path = work / "qa" / "qa.parquet"
-    if not qa_path.exists() and not (work / "captions" / "captions.parquet").exists():
-        raise FileNotFoundError(f"{qa_path} not found: generate questions first (abovqa qagen --work {work}; --task caption for captions)")
+    study = Study(work)
+    if not study.qa.exists() and not study.captions.exists():
+        raise MissingStageError(missing_stage_message("qa", work) + " (or, for captions, 70_captioning)")
     runs = sorted((work / "predictions").glob("*.parquet"))
     if not runs:
         raise FileNotFoundError(f"no predictions under {work / 'predictions'}: run a baseline first (abovqa predict --work {work} ...)")
@@ -718,7 +722,7 @@ def _run_fingerprint(work: Path, run: str) -> str:
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     if info.get("fingerprint"):
         return str(info["fingerprint"])
-    path = work / "predictions" / f"{run}.parquet"
+    path = Study(work).prediction(run)
     return file_fingerprint(path) if path.exists() else "train-prior"
 
 
