@@ -133,8 +133,8 @@ def test_every_notebook_is_a_page(site):
     assert "#| export" not in core and ">source</a>" in core and "{target=" not in core
     curate = (site / "pipeline" / "curate.html").read_text()
     assert 'src="data:image/png;base64,' in curate and "batch run <code>10_curate</code>" in curate
-    metrics = (site / "metrics.html").read_text()  # a library notebook's examples ran while the site was built
-    assert re.search(r'<img\b[^>]*\bsrc="data:image/png;base64,', metrics), "07_metrics' figure is on its page"
+    for page in ("metrics.html", "report.html", "curate.html"):  # library notebooks' examples ran while the site was built
+        assert re.search(r'<img\b[^>]*\bsrc="data:image/png;base64,', (site / page).read_text()), f"{page} shows its figures"
     assert manifest["executed"]
     # the build ran every library notebook's examples as nbdev_test does, so this is the library notebooks' test: none failed
     failed = {p["notebook"]: p["errors"] for p in manifest["pages"] if "/" not in p["notebook"] and p["errors"]}
