@@ -36,8 +36,8 @@ __all__ = ['BLIP_TIED_HEAD', 'SEED003_TARGETS', 'SEED004_TARGETS', 'RECIPES', 'C
            'FinetuneJob', 'ResolvedRun', 'resolve_run', 'check_run_identity', 'training_arguments', 'RunCallbacks',
            'run_callbacks', 'load_lora_model', 'TrainerInputs', 'BuiltTrainer', 'trainer_kind', 'get_trainer',
            'vqa_trainer', 'sft_trainer', 'classifier_trainer', 'reset_gpu_peaks', 'gpu_peak_gb', 'test_predictions',
-           'finished_result', 'resolve_processes', 'launch_command', 'launch_finetune', 'main', 'train_run', 'run_job',
-           'finetune']
+           'finished_result', 'resolve_processes', 'launch_command', 'train_run', 'run_job', 'finetune',
+           'launch_finetune', 'main']
 
 # %% ../nbs/08_finetune.ipynb #43871e2e
 BLIP_TIED_HEAD = r".*cls\.predictions\.decoder"
@@ -1322,21 +1322,14 @@ def _finish_run(rr: ResolvedRun, result: dict, trainer, watch: RunCallbacks, mai
     return result
 
 # %% ../nbs/08_finetune.ipynb #0a13fc77
-def _test_exact_match(preds: pd.DataFrame, work) -> float:
-    from abovqa.infer import load_questions
-    from abovqa.metrics import exact_match
-    ref = load_questions(work).set_index("qa_id")["answer"]
-    hits = [exact_match(a, ref[q]) if ok else 0.0 for q, a, ok in zip(preds.qa_id, preds.answer, preds.ok)]
-    return round(float(sum(hits) / len(hits)), 4) if hits else float("nan")
-
-
 def test_predictions(rr: ResolvedRun) -> dict:
     "The test split predicted with the run's adapter through `abovqa.infer.predict` (cached there: a repeat recomputes nothing), scored."
-    from abovqa.infer import predict
+    from abovqa.infer import load_questions, predict
+    from abovqa.metrics import score_run
     preds = predict(rr.work, rr.model, rr.job.size, split="test", adapter_dir=rr.adapter_dir, run=rr.run, seed=rr.job.seed,
                     progress=False, use_options=rr.cfg.use_options, task=rr.task)
-    return {"predictions": str(Study(rr.work).prediction(rr.run)),
-            "test_exact_match": _test_exact_match(preds, rr.work) if rr.task == "vqa" else None}
+    exact = round(float(score_run(preds, load_questions(rr.work))["exact_match"].mean()), 4) if rr.task == "vqa" else None
+    return {"predictions": str(Study(rr.work).prediction(rr.run)), "test_exact_match": exact}  # a failed answer counts as wrong
 
 
 def finished_result(rr: ResolvedRun) -> dict | None:
@@ -1426,65 +1419,6 @@ def _stream(cmd: list[str]) -> tuple[int, str]:
         proc.stdout.close()
 
 
-def launch_finetune(job: FinetuneJob, processes: int, profile=None) -> dict:
-    "`job` in `processes` DDP processes started by `accelerate launch`, each reading the job as JSON; rank 0's result."
-    started = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix="abovqa-launch-"))
-    job_file, result_file = tmp / "job.json", tmp / "result.json"
-    job_file.write_text(job.to_json())
-    if job.verbose:
-        print(f"launching {processes} training processes: accelerate launch --multi_gpu --num_processes {processes} "
-              f"-m abovqa.finetune --job {job_file} (run {job.run})", flush=True)
-    try:
-        code, tail = _stream(launch_command(processes, ["--job", job_file, "--result", result_file], profile))
-        result = json.loads(result_file.read_text()) if result_file.exists() else None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if result and result.get("status") == "non_finite":
-        raise NonFiniteTrainingError(result["error"])
-    if code != 0 or result is None:
-        raise RuntimeError(f"the {processes} training processes failed (exit status {code}); their output ended with:\n{tail[-4000:]}")
-    return result | {"launch_seconds": round(time.time() - started, 2)}
-
-
-def _die_with_parent():
-    "A launched rank dies when its launcher does (Linux), so no rank outlives a killed session holding a GPU."
-    import ctypes
-    import signal
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    "`python -m abovqa.finetune --job JOB.json [--result OUT.json]`: what every launched rank runs (by hand: one process)."
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m abovqa.finetune", description="a FinetuneJob as a command: what accelerate launch runs")
-    p.add_argument("--job", required=True, help="a FinetuneJob as JSON (FinetuneJob.to_json), in a file")
-    p.add_argument("--result", help="rank 0 writes the result here as JSON")
-    a = p.parse_args(argv)
-    job = FinetuneJob.from_json(Path(a.job).read_text())
-    if dist_info()[1] > 1:
-        _die_with_parent()
-    try:
-        result = run_job(job)
-    except NonFiniteTrainingError as e:
-        if a.result and is_main_process():
-            atomic_write_json(a.result, {"status": "non_finite", "error": str(e)})
-        print(f"error: {e}", flush=True)
-        return 3
-    finally:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    if is_main_process():
-        if a.result:
-            atomic_write_json(a.result, result)
-        elif job.verbose:
-            print(json.dumps({k: result.get(k) for k in ("run", "status", "global_step", "processes", "test_exact_match")}))
-    return 0
-
 # %% ../nbs/08_finetune.ipynb #9b999df5
 def train_run(rr: ResolvedRun, budget: TimeBudget, history: list, callbacks=()) -> dict:
     "Train `rr` in this process (alone, or as one DDP rank): build its trainer, resume, train, record; rank 0 writes the files."
@@ -1560,6 +1494,66 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
                       verbose=verbose, processes=processes, report_to=report_to, early_stopping_patience=early_stopping_patience,
                       overrides=overrides)
     return run_job(job.with_budget(budget) if budget else job, callbacks)
+
+# %% ../nbs/08_finetune.ipynb #8e153949
+def launch_finetune(job: FinetuneJob, processes: int, profile=None) -> dict:
+    "`job` in `processes` DDP processes started by `accelerate launch`, each reading the job as JSON; rank 0's result."
+    started = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="abovqa-launch-"))
+    job_file, result_file = tmp / "job.json", tmp / "result.json"
+    job_file.write_text(job.to_json())
+    if job.verbose:
+        print(f"launching {processes} training processes: accelerate launch --multi_gpu --num_processes {processes} "
+              f"-m abovqa.finetune --job {job_file} (run {job.run})", flush=True)
+    try:
+        code, tail = _stream(launch_command(processes, ["--job", job_file, "--result", result_file], profile))
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if result and result.get("status") == "non_finite":
+        raise NonFiniteTrainingError(result["error"])
+    if code != 0 or result is None:
+        raise RuntimeError(f"the {processes} training processes failed (exit status {code}); their output ended with:\n{tail[-4000:]}")
+    return result | {"launch_seconds": round(time.time() - started, 2)}
+
+
+def _die_with_parent():
+    "A launched rank dies when its launcher does (Linux), so no rank outlives a killed session holding a GPU."
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    "`python -m abovqa.finetune --job JOB.json [--result OUT.json]`: what every launched rank runs (by hand: one process)."
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m abovqa.finetune", description="a FinetuneJob as a command: what accelerate launch runs")
+    p.add_argument("--job", required=True, help="a FinetuneJob as JSON (FinetuneJob.to_json), in a file")
+    p.add_argument("--result", help="rank 0 writes the result here as JSON")
+    a = p.parse_args(argv)
+    job = FinetuneJob.from_json(Path(a.job).read_text())
+    if dist_info()[1] > 1:
+        _die_with_parent()
+    try:
+        result = run_job(job)
+    except NonFiniteTrainingError as e:
+        if a.result and is_main_process():
+            atomic_write_json(a.result, {"status": "non_finite", "error": str(e)})
+        print(f"error: {e}", flush=True)
+        return 3
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if is_main_process():
+        if a.result:
+            atomic_write_json(a.result, result)
+        elif job.verbose:
+            print(json.dumps({k: result.get(k) for k in ("run", "status", "global_step", "processes", "test_exact_match")}))
+    return 0
 
 # %% ../nbs/08_finetune.ipynb #d269086c
 # Only `python -m abovqa.finetune` (what accelerate launch runs) gives this module that spec; a notebook
