@@ -25,19 +25,19 @@ from .images import ImageError, header_problem, load_image
 
 # %% auto #0
 __all__ = ['BLIP_TIED_HEAD', 'SEED003_TARGETS', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES',
-           'SEED_SETTINGS', 'FIXED_ON_RESUME', 'TRAINERS', 'LoraRecipeConfig', 'Recipe', 'get_recipe', 'resolve_config',
-           'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split', 'training_dataset', 'loader_settings',
-           'precision_settings', 'SessionPlan', 'plan_session', 'distributed_batch', 'dist_info', 'is_main_process',
-           'rank0_decides', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError', 'NonFiniteGuard',
-           'LearningRateOverride', 'GuardedSteps', 'VqaTrainer', 'exact_match_metric', 'label_accuracy_metric',
-           'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'file_lock', 'latest_checkpoint', 'seed_table',
-           'trainer_settings', 'show_config', 'settings_changes', 'qlora_skip_modules', 'unsloth_available',
-           'load_qlora_model', 'sft_rows', 'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset', 'ViltCollator',
-           'FinetuneJob', 'ResolvedRun', 'resolve_run', 'check_run_identity', 'training_arguments', 'RunCallbacks',
-           'run_callbacks', 'load_lora_model', 'TrainerInputs', 'BuiltTrainer', 'trainer_kind', 'get_trainer',
-           'vqa_trainer', 'sft_trainer', 'classifier_trainer', 'reset_gpu_peaks', 'gpu_peak_gb', 'test_predictions',
-           'finished_result', 'resolve_processes', 'launch_command', 'train_run', 'run_job', 'finetune',
-           'launch_finetune', 'main']
+           'SEED_SETTINGS', 'FIXED_ON_RESUME', 'TRAINERS', 'LoraRecipeConfig', 'Recipe', 'get_recipe', 'default_config',
+           'resolve_config', 'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split', 'training_dataset',
+           'loader_settings', 'precision_settings', 'SessionPlan', 'plan_session', 'distributed_batch', 'dist_info',
+           'is_main_process', 'rank0_decides', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError',
+           'NonFiniteGuard', 'LearningRateOverride', 'GuardedSteps', 'VqaTrainer', 'exact_match_metric',
+           'label_accuracy_metric', 'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'file_lock',
+           'latest_checkpoint', 'seed_table', 'trainer_settings', 'show_config', 'settings_changes',
+           'qlora_skip_modules', 'unsloth_available', 'load_qlora_model', 'sft_rows', 'sft_trainer_class',
+           'vilt_label_ids', 'LabelledSubset', 'ViltCollator', 'FinetuneJob', 'ResolvedRun', 'resolve_run',
+           'check_run_identity', 'training_arguments', 'RunCallbacks', 'run_callbacks', 'load_lora_model',
+           'TrainerInputs', 'BuiltTrainer', 'trainer_kind', 'get_trainer', 'vqa_trainer', 'sft_trainer',
+           'classifier_trainer', 'reset_gpu_peaks', 'gpu_peak_gb', 'test_predictions', 'finished_result',
+           'resolve_processes', 'launch_command', 'train_run', 'run_job', 'finetune', 'launch_finetune', 'main']
 
 # %% ../nbs/08_finetune.ipynb #43871e2e
 BLIP_TIED_HEAD = r".*cls\.predictions\.decoder"
@@ -91,7 +91,8 @@ class Recipe:
     family: str | tuple
     default_model: str
     configs: dict
-    default_config: dict  # size -> config name
+    vqa_config: dict  # size -> config name for task 'vqa'
+    caption_config: dict = field(default_factory=dict)  # size -> config name for task 'caption' (empty: it trains no captions)
     trainer: str = "vqa"  # 'vqa' (Trainer, generated answers), 'sft' (TRL SFTTrainer), 'classifier' (Trainer over labels)
     run_tag: str = "lora"  # in default run names: <model>-<size>-<run_tag>-<config>
 
@@ -99,7 +100,7 @@ class Recipe:
         return family in ((self.family,) if isinstance(self.family, str) else self.family)
 
     def config(self, name: str | None, size: str = "tiny") -> LoraRecipeConfig:
-        name = name or self.default_config[size]
+        name = name or self.vqa_config[size]
         try:
             return self.configs[name]
         except KeyError:
@@ -186,11 +187,12 @@ _VILT_CONFIGS = [
 
 RECIPES: dict[str, Recipe] = {
     "blip-lora": Recipe("blip-lora", "blip", "blip-vqa-base", {c.name: c for c in _BLIP_CONFIGS},
-                        default_config={"tiny": "demo", "full": "seed001"}),
+                        vqa_config={"tiny": "demo", "full": "seed001"}),
     "vlm-qlora": Recipe("vlm-qlora", ("qwen2_5_vl", "llava", "llava_gemma"), "qwen2.5-vl-7b", {c.name: c for c in _VLM_CONFIGS},
-                        default_config={"tiny": "demo", "full": "seed003"}, trainer="sft", run_tag="qlora"),
+                        vqa_config={"tiny": "demo", "full": "seed003"}, trainer="sft", run_tag="qlora",
+                        caption_config={"tiny": "demo-caption", "full": "seed004-caption"}),
     "vilt-lora": Recipe("vilt-lora", "vilt", "vilt-b32-vqa", {c.name: c for c in _VILT_CONFIGS},
-                        default_config={"tiny": "demo", "full": "seed000"}, trainer="classifier"),
+                        vqa_config={"tiny": "demo", "full": "seed000"}, trainer="classifier"),
 }
 
 
@@ -202,9 +204,20 @@ def get_recipe(name: str) -> Recipe:
         raise KeyError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}") from None
 
 
+def default_config(recipe: str, task: str = "vqa", size: str = "tiny") -> str:
+    "The config `recipe` trains `task` with at `size` when none is named (captions: seed 004's settings; a tiny model: the demo's)."
+    rec = get_recipe(recipe)
+    if task not in ("vqa", "caption"):
+        raise ValueError(f"task must be 'vqa' or 'caption', not {task!r}")
+    defaults = {r.name: r.vqa_config if task == "vqa" else r.caption_config for r in RECIPES.values()}
+    if not defaults[rec.name]:
+        raise KeyError(f"recipe {recipe!r} does not train task {task!r}; recipes that do: {[n for n, d in defaults.items() if d]}")
+    return defaults[rec.name][size]
+
+
 def resolve_config(recipe: str, config: str | None = None, size: str = "tiny", **overrides) -> LoraRecipeConfig:
-    "A recipe's named config with `overrides` applied; an unknown override is an error, not silently ignored."
-    base = get_recipe(recipe).config(config, size)
+    "A recipe's named config (None: `default_config` for the task and size) with `overrides` applied; an unknown override is an error."
+    base = get_recipe(recipe).config(config or default_config(recipe, overrides.get("task", "vqa"), size))
     known = {f.name for f in fields(LoraRecipeConfig)} - {"name"}
     if unknown := set(overrides) - known:
         raise TypeError(f"unknown finetune settings {sorted(unknown)}; known: {sorted(known)}")
@@ -916,7 +929,7 @@ class FinetuneJob:
     "Every setting of one fine-tune run as plain data: what `finetune` takes, and the JSON the DDP ranks start from."
     work: str
     recipe: str = "blip-lora"
-    config: str | None = None  # None: the recipe's default for `size`
+    config: str | None = None  # None: `default_config` for the size (and the task, when the overrides set one)
     model: str | None = None  # None: the recipe's default model
     size: str = "tiny"
     max_steps: int | None = None  # None: the config's own (or its epochs)
