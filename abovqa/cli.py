@@ -116,11 +116,10 @@ def _predict(a):
 
 def _finetune(a):
     import json
-    from abovqa.finetune import FinetuneJob, resolve_config, run_job, show_config
-    if a.task == "caption" and not a.config:  # captions train with vlm-qlora and seed 004's settings (a tiny model: the demo's)
-        a.config = "demo-caption" if a.size == "tiny" else "seed004-caption"
+    from abovqa.finetune import FinetuneJob, default_config, resolve_config, run_job, show_config
     settings = _parse_params(a.set)  # --set learning_rate=2e-5 target_modules=[query,value]
     try:
+        a.config = a.config or default_config(a.recipe, a.task, a.size)  # captions: seed 004's settings (a tiny model: the demo's)
         task = resolve_config(a.recipe, a.config, a.size, **settings).task
     except (KeyError, TypeError) as e:
         raise SystemExit(f"abovqa finetune: {e}") from None

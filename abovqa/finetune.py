@@ -25,19 +25,19 @@ from .images import ImageError, header_problem, load_image
 
 # %% auto #0
 __all__ = ['BLIP_TIED_HEAD', 'SEED003_TARGETS', 'SEED004_TARGETS', 'RECIPES', 'CHECKPOINT_WEIGHTS', 'CHECKPOINT_FILES',
-           'SEED_SETTINGS', 'FIXED_ON_RESUME', 'TRAINERS', 'LoraRecipeConfig', 'Recipe', 'get_recipe', 'resolve_config',
-           'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split', 'training_dataset', 'loader_settings',
-           'precision_settings', 'SessionPlan', 'plan_session', 'distributed_batch', 'dist_info', 'is_main_process',
-           'rank0_decides', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError', 'NonFiniteGuard',
-           'LearningRateOverride', 'GuardedSteps', 'VqaTrainer', 'exact_match_metric', 'label_accuracy_metric',
-           'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'file_lock', 'latest_checkpoint', 'seed_table',
-           'trainer_settings', 'show_config', 'settings_changes', 'qlora_skip_modules', 'unsloth_available',
-           'load_qlora_model', 'sft_rows', 'sft_trainer_class', 'vilt_label_ids', 'LabelledSubset', 'ViltCollator',
-           'FinetuneJob', 'ResolvedRun', 'resolve_run', 'check_run_identity', 'training_arguments', 'RunCallbacks',
-           'run_callbacks', 'load_lora_model', 'TrainerInputs', 'BuiltTrainer', 'trainer_kind', 'get_trainer',
-           'vqa_trainer', 'sft_trainer', 'classifier_trainer', 'reset_gpu_peaks', 'gpu_peak_gb', 'test_predictions',
-           'finished_result', 'resolve_processes', 'launch_command', 'launch_finetune', 'main', 'train_run', 'run_job',
-           'finetune']
+           'SEED_SETTINGS', 'FIXED_ON_RESUME', 'TRAINERS', 'LoraRecipeConfig', 'Recipe', 'get_recipe', 'default_config',
+           'resolve_config', 'VqaDataset', 'VqaCollator', 'optimizer_settings', 'load_split', 'training_dataset',
+           'loader_settings', 'precision_settings', 'SessionPlan', 'plan_session', 'distributed_batch', 'dist_info',
+           'is_main_process', 'rank0_decides', 'SessionBudgetCallback', 'PlannerCallback', 'NonFiniteTrainingError',
+           'NonFiniteGuard', 'LearningRateOverride', 'GuardedSteps', 'VqaTrainer', 'exact_match_metric',
+           'label_accuracy_metric', 'verify_checkpoint', 'checkpoint_step', 'find_checkpoints', 'file_lock',
+           'latest_checkpoint', 'seed_table', 'trainer_settings', 'show_config', 'settings_changes',
+           'qlora_skip_modules', 'unsloth_available', 'load_qlora_model', 'sft_rows', 'sft_trainer_class',
+           'vilt_label_ids', 'LabelledSubset', 'ViltCollator', 'FinetuneJob', 'ResolvedRun', 'resolve_run',
+           'check_run_identity', 'training_arguments', 'RunCallbacks', 'run_callbacks', 'load_lora_model',
+           'TrainerInputs', 'BuiltTrainer', 'trainer_kind', 'get_trainer', 'vqa_trainer', 'sft_trainer',
+           'classifier_trainer', 'reset_gpu_peaks', 'gpu_peak_gb', 'test_predictions', 'finished_result',
+           'resolve_processes', 'launch_command', 'train_run', 'run_job', 'finetune', 'launch_finetune', 'main']
 
 # %% ../nbs/08_finetune.ipynb #43871e2e
 BLIP_TIED_HEAD = r".*cls\.predictions\.decoder"
@@ -91,7 +91,8 @@ class Recipe:
     family: str | tuple
     default_model: str
     configs: dict
-    default_config: dict  # size -> config name
+    vqa_config: dict  # size -> config name for task 'vqa'
+    caption_config: dict = field(default_factory=dict)  # size -> config name for task 'caption' (empty: it trains no captions)
     trainer: str = "vqa"  # 'vqa' (Trainer, generated answers), 'sft' (TRL SFTTrainer), 'classifier' (Trainer over labels)
     run_tag: str = "lora"  # in default run names: <model>-<size>-<run_tag>-<config>
 
@@ -99,7 +100,7 @@ class Recipe:
         return family in ((self.family,) if isinstance(self.family, str) else self.family)
 
     def config(self, name: str | None, size: str = "tiny") -> LoraRecipeConfig:
-        name = name or self.default_config[size]
+        name = name or self.vqa_config[size]
         try:
             return self.configs[name]
         except KeyError:
@@ -186,11 +187,12 @@ _VILT_CONFIGS = [
 
 RECIPES: dict[str, Recipe] = {
     "blip-lora": Recipe("blip-lora", "blip", "blip-vqa-base", {c.name: c for c in _BLIP_CONFIGS},
-                        default_config={"tiny": "demo", "full": "seed001"}),
+                        vqa_config={"tiny": "demo", "full": "seed001"}),
     "vlm-qlora": Recipe("vlm-qlora", ("qwen2_5_vl", "llava", "llava_gemma"), "qwen2.5-vl-7b", {c.name: c for c in _VLM_CONFIGS},
-                        default_config={"tiny": "demo", "full": "seed003"}, trainer="sft", run_tag="qlora"),
+                        vqa_config={"tiny": "demo", "full": "seed003"}, trainer="sft", run_tag="qlora",
+                        caption_config={"tiny": "demo-caption", "full": "seed004-caption"}),
     "vilt-lora": Recipe("vilt-lora", "vilt", "vilt-b32-vqa", {c.name: c for c in _VILT_CONFIGS},
-                        default_config={"tiny": "demo", "full": "seed000"}, trainer="classifier"),
+                        vqa_config={"tiny": "demo", "full": "seed000"}, trainer="classifier"),
 }
 
 
@@ -202,9 +204,20 @@ def get_recipe(name: str) -> Recipe:
         raise KeyError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}") from None
 
 
+def default_config(recipe: str, task: str = "vqa", size: str = "tiny") -> str:
+    "The config `recipe` trains `task` with at `size` when none is named (captions: seed 004's settings; a tiny model: the demo's)."
+    rec = get_recipe(recipe)
+    if task not in ("vqa", "caption"):
+        raise ValueError(f"task must be 'vqa' or 'caption', not {task!r}")
+    defaults = {r.name: r.vqa_config if task == "vqa" else r.caption_config for r in RECIPES.values()}
+    if not defaults[rec.name]:
+        raise KeyError(f"recipe {recipe!r} does not train task {task!r}; recipes that do: {[n for n, d in defaults.items() if d]}")
+    return defaults[rec.name][size]
+
+
 def resolve_config(recipe: str, config: str | None = None, size: str = "tiny", **overrides) -> LoraRecipeConfig:
-    "A recipe's named config with `overrides` applied; an unknown override is an error, not silently ignored."
-    base = get_recipe(recipe).config(config, size)
+    "A recipe's named config (None: `default_config` for the task and size) with `overrides` applied; an unknown override is an error."
+    base = get_recipe(recipe).config(config or default_config(recipe, overrides.get("task", "vqa"), size))
     known = {f.name for f in fields(LoraRecipeConfig)} - {"name"}
     if unknown := set(overrides) - known:
         raise TypeError(f"unknown finetune settings {sorted(unknown)}; known: {sorted(known)}")
@@ -916,7 +929,7 @@ class FinetuneJob:
     "Every setting of one fine-tune run as plain data: what `finetune` takes, and the JSON the DDP ranks start from."
     work: str
     recipe: str = "blip-lora"
-    config: str | None = None  # None: the recipe's default for `size`
+    config: str | None = None  # None: `default_config` for the size (and the task, when the overrides set one)
     model: str | None = None  # None: the recipe's default model
     size: str = "tiny"
     max_steps: int | None = None  # None: the config's own (or its epochs)
@@ -1322,21 +1335,14 @@ def _finish_run(rr: ResolvedRun, result: dict, trainer, watch: RunCallbacks, mai
     return result
 
 # %% ../nbs/08_finetune.ipynb #0a13fc77
-def _test_exact_match(preds: pd.DataFrame, work) -> float:
-    from abovqa.infer import load_questions
-    from abovqa.metrics import exact_match
-    ref = load_questions(work).set_index("qa_id")["answer"]
-    hits = [exact_match(a, ref[q]) if ok else 0.0 for q, a, ok in zip(preds.qa_id, preds.answer, preds.ok)]
-    return round(float(sum(hits) / len(hits)), 4) if hits else float("nan")
-
-
 def test_predictions(rr: ResolvedRun) -> dict:
     "The test split predicted with the run's adapter through `abovqa.infer.predict` (cached there: a repeat recomputes nothing), scored."
-    from abovqa.infer import predict
+    from abovqa.infer import load_questions, predict
+    from abovqa.metrics import score_run
     preds = predict(rr.work, rr.model, rr.job.size, split="test", adapter_dir=rr.adapter_dir, run=rr.run, seed=rr.job.seed,
                     progress=False, use_options=rr.cfg.use_options, task=rr.task)
-    return {"predictions": str(Study(rr.work).prediction(rr.run)),
-            "test_exact_match": _test_exact_match(preds, rr.work) if rr.task == "vqa" else None}
+    exact = round(float(score_run(preds, load_questions(rr.work))["exact_match"].mean()), 4) if rr.task == "vqa" else None
+    return {"predictions": str(Study(rr.work).prediction(rr.run)), "test_exact_match": exact}  # a failed answer counts as wrong
 
 
 def finished_result(rr: ResolvedRun) -> dict | None:
@@ -1426,65 +1432,6 @@ def _stream(cmd: list[str]) -> tuple[int, str]:
         proc.stdout.close()
 
 
-def launch_finetune(job: FinetuneJob, processes: int, profile=None) -> dict:
-    "`job` in `processes` DDP processes started by `accelerate launch`, each reading the job as JSON; rank 0's result."
-    started = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix="abovqa-launch-"))
-    job_file, result_file = tmp / "job.json", tmp / "result.json"
-    job_file.write_text(job.to_json())
-    if job.verbose:
-        print(f"launching {processes} training processes: accelerate launch --multi_gpu --num_processes {processes} "
-              f"-m abovqa.finetune --job {job_file} (run {job.run})", flush=True)
-    try:
-        code, tail = _stream(launch_command(processes, ["--job", job_file, "--result", result_file], profile))
-        result = json.loads(result_file.read_text()) if result_file.exists() else None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if result and result.get("status") == "non_finite":
-        raise NonFiniteTrainingError(result["error"])
-    if code != 0 or result is None:
-        raise RuntimeError(f"the {processes} training processes failed (exit status {code}); their output ended with:\n{tail[-4000:]}")
-    return result | {"launch_seconds": round(time.time() - started, 2)}
-
-
-def _die_with_parent():
-    "A launched rank dies when its launcher does (Linux), so no rank outlives a killed session holding a GPU."
-    import ctypes
-    import signal
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    "`python -m abovqa.finetune --job JOB.json [--result OUT.json]`: what every launched rank runs (by hand: one process)."
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m abovqa.finetune", description="a FinetuneJob as a command: what accelerate launch runs")
-    p.add_argument("--job", required=True, help="a FinetuneJob as JSON (FinetuneJob.to_json), in a file")
-    p.add_argument("--result", help="rank 0 writes the result here as JSON")
-    a = p.parse_args(argv)
-    job = FinetuneJob.from_json(Path(a.job).read_text())
-    if dist_info()[1] > 1:
-        _die_with_parent()
-    try:
-        result = run_job(job)
-    except NonFiniteTrainingError as e:
-        if a.result and is_main_process():
-            atomic_write_json(a.result, {"status": "non_finite", "error": str(e)})
-        print(f"error: {e}", flush=True)
-        return 3
-    finally:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    if is_main_process():
-        if a.result:
-            atomic_write_json(a.result, result)
-        elif job.verbose:
-            print(json.dumps({k: result.get(k) for k in ("run", "status", "global_step", "processes", "test_exact_match")}))
-    return 0
-
 # %% ../nbs/08_finetune.ipynb #9b999df5
 def train_run(rr: ResolvedRun, budget: TimeBudget, history: list, callbacks=()) -> dict:
     "Train `rr` in this process (alone, or as one DDP rank): build its trainer, resume, train, record; rank 0 writes the files."
@@ -1560,6 +1507,66 @@ def finetune(work, recipe: str = "blip-lora", config: str | None = None, model: 
                       verbose=verbose, processes=processes, report_to=report_to, early_stopping_patience=early_stopping_patience,
                       overrides=overrides)
     return run_job(job.with_budget(budget) if budget else job, callbacks)
+
+# %% ../nbs/08_finetune.ipynb #8e153949
+def launch_finetune(job: FinetuneJob, processes: int, profile=None) -> dict:
+    "`job` in `processes` DDP processes started by `accelerate launch`, each reading the job as JSON; rank 0's result."
+    started = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="abovqa-launch-"))
+    job_file, result_file = tmp / "job.json", tmp / "result.json"
+    job_file.write_text(job.to_json())
+    if job.verbose:
+        print(f"launching {processes} training processes: accelerate launch --multi_gpu --num_processes {processes} "
+              f"-m abovqa.finetune --job {job_file} (run {job.run})", flush=True)
+    try:
+        code, tail = _stream(launch_command(processes, ["--job", job_file, "--result", result_file], profile))
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if result and result.get("status") == "non_finite":
+        raise NonFiniteTrainingError(result["error"])
+    if code != 0 or result is None:
+        raise RuntimeError(f"the {processes} training processes failed (exit status {code}); their output ended with:\n{tail[-4000:]}")
+    return result | {"launch_seconds": round(time.time() - started, 2)}
+
+
+def _die_with_parent():
+    "A launched rank dies when its launcher does (Linux), so no rank outlives a killed session holding a GPU."
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    "`python -m abovqa.finetune --job JOB.json [--result OUT.json]`: what every launched rank runs (by hand: one process)."
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m abovqa.finetune", description="a FinetuneJob as a command: what accelerate launch runs")
+    p.add_argument("--job", required=True, help="a FinetuneJob as JSON (FinetuneJob.to_json), in a file")
+    p.add_argument("--result", help="rank 0 writes the result here as JSON")
+    a = p.parse_args(argv)
+    job = FinetuneJob.from_json(Path(a.job).read_text())
+    if dist_info()[1] > 1:
+        _die_with_parent()
+    try:
+        result = run_job(job)
+    except NonFiniteTrainingError as e:
+        if a.result and is_main_process():
+            atomic_write_json(a.result, {"status": "non_finite", "error": str(e)})
+        print(f"error: {e}", flush=True)
+        return 3
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if is_main_process():
+        if a.result:
+            atomic_write_json(a.result, result)
+        elif job.verbose:
+            print(json.dumps({k: result.get(k) for k in ("run", "status", "global_step", "processes", "test_exact_match")}))
+    return 0
 
 # %% ../nbs/08_finetune.ipynb #d269086c
 # Only `python -m abovqa.finetune` (what accelerate launch runs) gives this module that spec; a notebook
