@@ -48,7 +48,7 @@ def test_an_oversized_image_is_captioned_not_fatal(caption_work):
     assert stats["task"] == "caption" and stats["complete"] and len(preds) == stats["n_selected"] >= 30
     assert preds.ok.all(), preds[~preds.ok][["qa_id", "error"]]
     assert preds.qa_id.map(refs["image_path"]).eq(huge).sum() == 1, "the 12,000 px image was among the captioned"
-    assert stats["run"] == "blip-caption-base-tiny-caption-25pct"  # a fraction gets a run of its own
+    assert stats["run"] == "blip-caption-base-tiny-caption-all-25pct"  # another split and a fraction: a run of its own
     assert (caption_work / "predictions" / f"{stats['run']}.parquet").exists()
 
 
