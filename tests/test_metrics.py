@@ -172,7 +172,7 @@ def test_evaluate_with_the_packaged_minilm(study):
 
 
 def test_evaluate_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="generate questions first"):
+    with pytest.raises(FileNotFoundError, match="needs the questions .* made by 20_generate_qa"):  # MissingStageError: the step to run
         evaluate(tmp_path)
     atomic_write_parquet(pd.DataFrame({"qa_id": ["a"]}), tmp_path / "qa" / "qa.parquet")
     with pytest.raises(FileNotFoundError, match="run a baseline first"):
