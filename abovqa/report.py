@@ -18,7 +18,7 @@ from .core import MissingStageError, Study, atomic_write_text
 from .curate import OOD_SPLIT
 from .images import ImageError, load_image, thumbnail_data_uri
 from .metrics import (ANSWER_FORMS, CAPTION_SUMMARY_METRICS, DIFFICULTIES, bootstrap_ci, compare_runs,
-                            comparison_table, format_summary, metric_correlation)
+                            comparison_table, format_summary, in_distribution, metric_correlation)
 
 # %% auto #0
 __all__ = ['METRIC_LABELS', 'UNBOUNDED_METRICS', 'HEADLINE_METRICS', 'KIND_ORDER', 'MODEL_FAMILIES', 'LENGTH_BINS',
@@ -232,14 +232,16 @@ def plot_model_comparison(work) -> list[Path]:
 
 
 # %% ../nbs/09_report.ipynb #5bbb4c9d
-def read_scored(work, runs=None) -> pd.DataFrame:
-    "Every VQA run's WORK/metrics/<run>.parquet (per-question scores) stacked, with a `run` column (caption runs left out)."
+def read_scored(work, runs=None, ood: bool = False) -> pd.DataFrame:
+    """Every VQA run's WORK/metrics/<run>.parquet (per-question scores) stacked, with a `run` column (caption runs left out).
+    Like the headline, the analyses describe the in-distribution test set; `ood=True` keeps the held-out product types too."""
     summary_path = Path(work) / "metrics" / "summary.csv"
     vqa = set(pd.read_csv(summary_path)["run"]) if summary_path.exists() else None
     paths = [p for p in sorted((Path(work) / "metrics").glob("*.parquet"))
              if (runs is None or p.stem in runs) and (vqa is None or p.stem in vqa)]
     frames = [pd.read_parquet(p).assign(run=p.stem) for p in paths]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return rows if ood else in_distribution(rows)
 
 
 def _best_run(summary: pd.DataFrame) -> str:
@@ -762,7 +764,7 @@ def _p(p) -> str:
 def ood_scores(work, metric: str = "exact_match", n_boot: int = 1000) -> pd.DataFrame:
     """Per run: `metric` on the out-of-distribution split alone (product types curation held out, `holdout_types`), with its 95%
     interval and n; an empty frame when no run answered a question of that split."""
-    rows = read_scored(work)
+    rows = read_scored(work, ood=True)
     columns = ["run", "n_ood", f"{metric}_ood", f"{metric}_ood_lo", f"{metric}_ood_hi"]
     if rows.empty or "split" not in rows.columns or metric not in rows.columns or not (rows["split"] == OOD_SPLIT).any():
         return pd.DataFrame(columns=columns)
