@@ -188,7 +188,7 @@ def test_two_cpu_workers_give_one_workers_result(work, tmp_path):
     one = predict(shutil.copytree(work, tmp_path / "one"), "blip-vqa-base", split="all", frac=0.15, batch_size=4, workers=1, progress=False)
     two = predict(work, "blip-vqa-base", split="all", frac=0.15, batch_size=4, workers=2, progress=False)
     assert two.attrs["stats"]["workers"] == 2
-    ranks = sorted(p.name.split("-")[0] for p in (work / "predictions" / ".cache" / "blip-vqa-base-tiny-15pct").glob("*.jsonl"))
+    ranks = sorted(p.name.split("-")[0] for p in (work / "predictions" / ".cache" / "blip-vqa-base-tiny-all-15pct").glob("*.jsonl"))
     assert ranks == ["rank0", "rank1"], "one shard per rank, merged at the end"
     pd.testing.assert_frame_equal(two[SAME], one[SAME])
 
