@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .abo import ENGLISH, LISTING_COLUMNS, _rank, _worker_env, _workers, find_abo_files, load_listings, read_images_csv
-from .core import atomic_write_parquet, atomic_write_text
+from .core import Study, atomic_write_parquet, atomic_write_text
 
 # %% auto #0
 __all__ = ['BANNER_ASPECT', 'MAX_LISTINGS_PER_IMAGE', 'SPLITS', 'OOD_SPLIT', 'HOLDOUT_MIN_ITEMS', 'PROBLEM_IMAGE_IDS', 'STEPS',
@@ -720,8 +720,9 @@ def curate(abo_root, work, preset="balanced", max_per_type: int | None = None, s
 def load_curated(work) -> tuple[pd.DataFrame, Path]:
     "(curated listings, images root) of a work directory."
     work = Path(work)
-    stats_path = work / "curated" / "stats.json"
+    study = Study(work)
+    stats_path = study.stats
     if not stats_path.exists():
         raise FileNotFoundError(f"{stats_path} not found: run `abovqa curate --abo-root ROOT --work {work}` first")
     stats = json.loads(stats_path.read_text())
-    return pd.read_parquet(work / "curated" / "listings.parquet"), Path(stats["images_root"])
+    return pd.read_parquet(study.listings), Path(stats["images_root"])

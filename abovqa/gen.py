@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import content_hash
+from .core import Study, content_hash
 from .curate import load_curated
 from .images import image_bytes, load_image
 
@@ -466,7 +466,7 @@ def source_of(record: dict) -> str:
 # %% ../nbs/03a_gen.ipynb #4163f7eb
 def load_listings(work) -> pd.DataFrame:
     "The curated listings of a study (WORK/curated/listings.parquet), with a clear error when curation has not run."
-    path = Path(work) / "curated" / "listings.parquet"
+    path = Study(work).listings
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: curate first (abovqa curate --abo-root ROOT --work {work})")
     return load_curated(work)[0]
@@ -490,7 +490,7 @@ def build_requests(listings: pd.DataFrame, backend, seed: int = 42, max_images: 
 
 def images_root_of(work) -> Path | None:
     "The absolute images root curation recorded in WORK/curated/stats.json (None when it recorded none)."
-    stats = Path(work) / "curated" / "stats.json"
+    stats = Study(work).stats
     root = json.loads(stats.read_text()).get("images_root") if stats.exists() else None
     return Path(root) if root else None
 

@@ -553,7 +553,7 @@ def summarize(scored: pd.DataFrame, by: list[str], n_boot: int = 1000, seed: int
 # %% ../nbs/07_metrics.ipynb #0c4f210b
 def _product_types(work: Path) -> pd.Series | None:
     "item_id -> product_type from WORK/curated/listings.parquet (first listing of an item), or None."
-    path = work / "curated" / "listings.parquet"
+    path = Study(work).listings
     if not path.exists():
         return None
     listings = pd.read_parquet(path, columns=["item_id", "product_type"])
@@ -869,7 +869,7 @@ def evaluate_captions(work, runs: list[str] | None = None, semantic=None, bertsc
     if why:
         skipped.update({m: why for m in ("bertscore_p", "bertscore_r", "bertscore_f1")})
     for run in runs:
-        preds = pd.read_parquet(work / "predictions" / f"{run}.parquet")
+        preds = pd.read_parquet(Study(work).prediction(run))
         scored = score_captions(preds, captions, semantic=semantic, bertscore_model=bertscore_model, wordnet=wordnet, skipped=skipped)
         atomic_write_parquet(scored, work / "metrics" / f"{run}.parquet")
         model = preds["model"].iloc[0] if len(preds) else run

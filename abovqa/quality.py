@@ -202,7 +202,7 @@ def write_review_sheet(work, n: int = 200, seed: int = 0, out=None) -> tuple[Pat
     if qa.empty:
         raise ValueError(f"{Study(work).qa} holds no questions: nothing to review")
     out = Path(out) if out else work / "qa"
-    listings_path = work / "curated" / "listings.parquet"
+    listings_path = Study(work).listings
     listings = pd.read_parquet(listings_path) if listings_path.exists() else pd.DataFrame(columns=["image_id", "item_id"])
     listing_of = {(str(r["image_id"]), str(r["item_id"])): r for r in listings.to_dict("records")}
     sheet = stratified_sample(qa, n, seed)

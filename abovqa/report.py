@@ -676,7 +676,7 @@ def _caption_sections(work: Path) -> list[str]:
              "(intervals in <code>metrics/captions_summary.csv</code>). <code>length_ok</code>: share within 15–30 words; "
              "<code>single_sentence</code>: share of raw outputs that were one sentence. Failed predictions score 0 and are "
              "counted, never replaced.</p>", _html_table(summary[[c for c in shown if c in summary.columns]], index=False)]
-    refs = work / "captions" / "captions.parquet"
+    refs = Study(work).captions
     if refs.exists():
         table = pd.read_parquet(refs)
         counts = table.groupby([c for c in ("source", "split") if c in table.columns]).size()
